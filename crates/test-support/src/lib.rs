@@ -1,0 +1,6 @@
+//! Dev-only helpers for Outrider's tests: an in-process DNS server, upstream servers with
+//! faults, and network namespaces.
+
+pub mod dns;
+pub mod netns;
+pub mod servers;

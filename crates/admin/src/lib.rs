@@ -1,1 +1,204 @@
-//! TODO
+//! The admin endpoint (`--admin-addr`, default 127.0.0.1:9901) and the metrics-only endpoint
+//! (`--metrics-addr`), served over HTTP/1.1.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Where the admin endpoint reads the proxy's state and sends its commands.
+pub trait AdminSource: Send + Sync + 'static {
+    /// True when config is loaded, listeners are bound and the proxy is not draining.
+    fn ready(&self) -> bool;
+    /// `/server_info` JSON (`state` is `LIVE`, `DRAINING` or `INITIALIZING`).
+    fn server_info(&self) -> serde_json::Value;
+    /// `/config_dump` JSON: the running snapshot.
+    fn config_dump(&self) -> serde_json::Value;
+    /// `/clusters` text: one line per endpoint fact, Envoy's `cluster::addr::key::value` shape.
+    fn clusters(&self) -> String;
+    /// Refreshes sampled gauges before a scrape.
+    fn refresh_stats(&self) {}
+    /// Stops the proxy at once (`POST /quitquitquit`).
+    fn quit(&self);
+    /// Starts draining without exiting (`POST /drain_listeners`).
+    fn drain(&self);
+    /// Changes the log level (`POST /logging?level=L`).
+    fn set_log_level(&self, level: &str) -> Result<(), String>;
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminScope {
+    /// Every admin endpoint.
+    Full,
+    /// Only `/ready` and `/stats/prometheus` (`--metrics-addr`, safe to expose).
+    MetricsOnly,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    source: Arc<dyn AdminSource>,
+    scope: AdminScope,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(route(&*source, scope, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn route(
+    source: &dyn AdminSource,
+    scope: AdminScope,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let method = req.method();
+    let mutation = matches!(path, "/quitquitquit" | "/drain_listeners" | "/logging");
+    if mutation && *method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "this endpoint takes POST\n");
+    }
+    if !mutation && *method != Method::GET && *method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "this endpoint takes GET\n");
+    }
+    if scope == AdminScope::MetricsOnly && !matches!(path, "/ready" | "/stats/prometheus") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match path {
+        "/ready" => {
+            if source.ready() {
+                text(StatusCode::OK, "LIVE\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n")
+            }
+        }
+        "/server_info" => json(&source.server_info()),
+        "/config_dump" => json(&source.config_dump()),
+        "/clusters" => text(StatusCode::OK, source.clusters()),
+        "/stats/prometheus" => {
+            source.refresh_stats();
+            let mut r = text(StatusCode::OK, outrider_telemetry::prometheus_text());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/stats" => {
+            source.refresh_stats();
+            text(
+                StatusCode::OK,
+                envoy_stats_text(&outrider_telemetry::prometheus_text()),
+            )
+        }
+        "/quitquitquit" => {
+            source.quit();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/drain_listeners" => {
+            source.drain();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/logging" => match query_param(&req, "level") {
+            Some(level) => match source.set_log_level(level) {
+                Ok(()) => text(StatusCode::OK, format!("log level set to {level}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            None => text(
+                StatusCode::BAD_REQUEST,
+                "usage: POST /logging?level=<trace|debug|info|warning|error|off>\n",
+            ),
+        },
+        "/" | "/help" => text(
+            StatusCode::OK,
+            "GET /ready\nGET /server_info\nGET /config_dump\nGET /clusters\nGET /stats\nGET /stats/prometheus\n\
+             POST /drain_listeners\nPOST /logging?level=L\nPOST /quitquitquit\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Envoy's `/stats` shape (`name: value`), derived from the Prometheus text: one line per
+/// sample, labels kept in braces.
+fn envoy_stats_text(prometheus: &str) -> String {
+    let mut out = String::with_capacity(prometheus.len());
+    for line in prometheus.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some((name, value)) = line.rsplit_once(' ') {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_text_from_prometheus() {
+        let p = "# TYPE a counter\na{x=\"1\"} 3\nb 4\n";
+        assert_eq!(envoy_stats_text(p), "a{x=\"1\"}: 3\nb: 4\n");
+    }
+}

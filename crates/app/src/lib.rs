@@ -1,1 +1,431 @@
-//! TODO
+//! Wiring: a snapshot becomes listeners, clusters fed by discovery, and an admin endpoint; plus
+//! start-up, drain and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use outrider_admin::{AdminScope, AdminSource};
+use outrider_config::{Discovery, Snapshot};
+use outrider_discovery::{DnsTarget, Resolver, ResolverConfig, Watch};
+use outrider_http::{ConnInfo, Direction, ListenerCtx, Runtime, RuntimeOptions, serve_connection};
+use outrider_telemetry::{ListenerStats, ServerStats};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Ingress listener address. Default is 0.0.0.0:15000.
+pub const DEFAULT_INGRESS_ADDR: &str = "0.0.0.0:15000";
+/// Egress listener address. Default is 0.0.0.0:15001.
+pub const DEFAULT_EGRESS_ADDR: &str = "0.0.0.0:15001";
+/// Admin address, loopback only. Default is 127.0.0.1:9901.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
+/// How long start-up waits for the first DNS answers before serving. Default is 2 s.
+pub const STARTUP_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+/// How long a drain waits for egress traffic (`LISTENER_DRAIN_WAIT_TIME_S`). Default is 20 s.
+pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(20);
+
+/// Everything `outrider run` needs to start.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// None: the transparent pass-through sidecar.
+    pub snapshot: Option<Snapshot>,
+    pub ingress_addr: SocketAddr,
+    pub egress_addr: SocketAddr,
+    /// None disables the admin endpoint.
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub resolver: ResolverConfig,
+    /// DNS re-resolution period. Default is 5 s.
+    pub dns_refresh: Duration,
+    pub runtime: RuntimeOptions,
+    /// Drain period for egress after SIGTERM. Default is 20 s.
+    pub drain_wait: Duration,
+}
+
+impl ProxyOptions {
+    /// Options with every address on `127.0.0.1:0` (tests and demos).
+    pub fn local(snapshot: Option<Snapshot>) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        ProxyOptions {
+            snapshot,
+            ingress_addr: any,
+            egress_addr: any,
+            admin_addr: Some(any),
+            metrics_addr: None,
+            resolver: ResolverConfig::System,
+            dns_refresh: outrider_discovery::DEFAULT_REFRESH,
+            runtime: RuntimeOptions::default(),
+            drain_wait: DEFAULT_DRAIN_WAIT,
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+struct Shared {
+    runtime: Arc<ArcSwap<Runtime>>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    /// Stops accepting on every listener and drains connections.
+    shutdown: CancellationToken,
+    /// Fired by `/quitquitquit`: exit at once.
+    quit: CancellationToken,
+    watches: Mutex<Vec<Watch>>,
+    server: ServerStats,
+    addrs: Addrs,
+}
+
+/// The addresses the proxy actually bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub ingress: SocketAddr,
+    pub egress: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A started proxy.
+pub struct RunningProxy {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+}
+
+impl RunningProxy {
+    /// The bound addresses.
+    pub fn addrs(&self) -> Addrs {
+        self.shared.addrs
+    }
+
+    /// The running runtime (tests and `/clusters`).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
+    /// True once ready and until draining.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire) && !self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, lets connections in flight finish (up to `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        self.shared.quit.cancel();
+    }
+
+    /// Resolves when `/quitquitquit` was called.
+    pub async fn quit_requested(&self) {
+        self.shared.quit.cancelled().await;
+    }
+
+    /// Resolves when `/drain_listeners` (or a shutdown) started a drain.
+    pub async fn drain_requested(&self) {
+        self.shared.shutdown.cancelled().await;
+    }
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    outrider_transport::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Binds every listener, starts discovery and serves. Returns once listeners are bound; the
+/// proxy reports ready after the first DNS answers (or [`STARTUP_DISCOVERY_WAIT`]).
+pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
+    outrider_telemetry::install_metrics();
+    let ingress = bind("ingress", opts.ingress_addr)?;
+    let egress = bind("egress", opts.egress_addr)?;
+    let admin = opts.admin_addr.map(|a| bind("admin", a)).transpose()?;
+    let metrics = opts.metrics_addr.map(|a| bind("metrics", a)).transpose()?;
+    let local = |l: &TcpListener, fallback: SocketAddr| l.local_addr().unwrap_or(fallback);
+    let addrs = Addrs {
+        ingress: local(&ingress, opts.ingress_addr),
+        egress: local(&egress, opts.egress_addr),
+        admin: admin.as_ref().map(|l| local(l, opts.ingress_addr)),
+        metrics: metrics.as_ref().map(|l| local(l, opts.ingress_addr)),
+    };
+
+    let runtime = match &opts.snapshot {
+        Some(s) => Runtime::new(Arc::new(s.clone()), None, opts.runtime),
+        None => Runtime::transparent(opts.runtime),
+    };
+    let shared = Arc::new(Shared {
+        runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+        quit: CancellationToken::new(),
+        watches: Mutex::new(Vec::new()),
+        server: ServerStats::new(),
+        addrs,
+    });
+    let tracker = TaskTracker::new();
+
+    // Discovery first, so the first requests find endpoints.
+    let resolver = Resolver::new(opts.resolver);
+    let watches = start_discovery(&shared.runtime.load_full(), &resolver, opts.dns_refresh).await;
+    *shared.watches.lock().await = watches;
+
+    let own = vec![addrs.ingress, addrs.egress];
+    for (listener, direction) in [(ingress, Direction::Ingress), (egress, Direction::Egress)] {
+        let ctx = Arc::new(ListenerCtx {
+            direction,
+            runtime: shared.runtime.clone(),
+            stats: ListenerStats::new(direction.as_str()),
+            own_addrs: own.clone(),
+        });
+        tracker.spawn(accept_loop(
+            listener,
+            ctx,
+            shared.shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    let source: Arc<dyn AdminSource> = Arc::new(Admin {
+        shared: shared.clone(),
+    });
+    if let Some(l) = admin {
+        tokio::spawn(outrider_admin::serve(
+            l,
+            source.clone(),
+            AdminScope::Full,
+            shared.quit.clone(),
+        ));
+    }
+    if let Some(l) = metrics {
+        tokio::spawn(outrider_admin::serve(
+            l,
+            source,
+            AdminScope::MetricsOnly,
+            shared.quit.clone(),
+        ));
+    }
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(ingress = %addrs.ingress, egress = %addrs.egress, admin = ?addrs.admin, "outrider ready");
+    Ok(RunningProxy { shared, tracker })
+}
+
+/// One DNS watch per cluster with DNS discovery; each feeds its cluster's endpoints.
+async fn start_discovery(
+    runtime: &Arc<Runtime>,
+    resolver: &Resolver,
+    refresh: Duration,
+) -> Vec<Watch> {
+    let mut watches = Vec::new();
+    for (cluster, upstream) in runtime.snapshot().clusters.iter().zip(runtime.clusters()) {
+        let Discovery::Dns {
+            hostname,
+            response_type,
+            ip_preference,
+        } = &cluster.discovery
+        else {
+            upstream.set_endpoints(&[]);
+            continue;
+        };
+        let target = DnsTarget {
+            hostname: hostname.clone(),
+            port: cluster.port,
+            response_type: match response_type {
+                outrider_config::ResponseType::Endpoints => {
+                    outrider_discovery::ResponseType::Endpoints
+                }
+                outrider_config::ResponseType::LoadBalancer => {
+                    outrider_discovery::ResponseType::LoadBalancer
+                }
+            },
+            ip_preference: match ip_preference {
+                outrider_config::IpPreference::Any => outrider_discovery::IpPreference::Any,
+                outrider_config::IpPreference::Ipv4Only => {
+                    outrider_discovery::IpPreference::Ipv4Only
+                }
+                outrider_config::IpPreference::Ipv6Only => {
+                    outrider_discovery::IpPreference::Ipv6Only
+                }
+                outrider_config::IpPreference::Ipv4Preferred => {
+                    outrider_discovery::IpPreference::Ipv4Preferred
+                }
+                outrider_config::IpPreference::Ipv6Preferred => {
+                    outrider_discovery::IpPreference::Ipv6Preferred
+                }
+            },
+            refresh,
+        };
+        let watch = outrider_discovery::watch(resolver.clone(), target);
+        let mut rx = watch.receiver();
+        let upstream = upstream.clone();
+        upstream.set_endpoints(&rx.borrow_and_update());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let endpoints = rx.borrow_and_update().clone();
+                tracing::debug!(
+                    cluster = upstream.name(),
+                    endpoints = endpoints.len(),
+                    "endpoints changed"
+                );
+                upstream.set_endpoints(&endpoints);
+            }
+        });
+        watches.push(watch);
+    }
+    let _ = tokio::time::timeout(STARTUP_DISCOVERY_WAIT, async {
+        for w in watches.iter_mut() {
+            w.ready().await;
+        }
+    })
+    .await;
+    for (w, upstream) in watches.iter().zip(runtime.clusters().iter().filter(|u| {
+        runtime
+            .snapshot()
+            .clusters
+            .iter()
+            .any(|c| c.name == u.name() && matches!(c.discovery, Discovery::Dns { .. }))
+    })) {
+        upstream.set_endpoints(&w.current());
+    }
+    watches
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = ctx.direction.as_str(), error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = outrider_transport::set_nodelay_keepalive(&stream);
+        let local = stream.local_addr().unwrap_or(peer);
+        let conn = ConnInfo {
+            peer,
+            local,
+            orig_dst: outrider_transport::original_dst(&stream),
+        };
+        tracker.spawn(serve_connection(
+            stream,
+            ctx.clone(),
+            conn,
+            shutdown.clone(),
+        ));
+    }
+}
+
+struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl AdminSource for Admin {
+    fn ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire) && !self.shared.draining.load(Ordering::Acquire)
+    }
+
+    fn server_info(&self) -> serde_json::Value {
+        let state = if self.shared.draining.load(Ordering::Acquire) {
+            "DRAINING"
+        } else if self.shared.ready.load(Ordering::Acquire) {
+            "LIVE"
+        } else {
+            "INITIALIZING"
+        };
+        let rt = self.shared.runtime.load();
+        let snap = rt.snapshot();
+        let identity = match &snap.identity {
+            outrider_config::Identity::VirtualNode(n) => serde_json::json!({"virtualNode": n}),
+            outrider_config::Identity::VirtualGateway(n) => {
+                serde_json::json!({"virtualGateway": n})
+            }
+        };
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "state": state,
+            "uptime_current_epoch": format!("{}s", self.shared.server.uptime().as_secs()),
+            "mesh": &*snap.mesh,
+            "identity": identity,
+            "config_hash": snap.hash,
+            "transparent": rt.is_transparent(),
+            "listeners": {
+                "ingress": self.shared.addrs.ingress.to_string(),
+                "egress": self.shared.addrs.egress.to_string(),
+            },
+        })
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let rt = self.shared.runtime.load();
+        if rt.is_transparent() {
+            return serde_json::json!({"transparent": true, "note": "no --config: every connection passes through to its original destination"});
+        }
+        rt.snapshot().dump()
+    }
+
+    fn clusters(&self) -> String {
+        use std::fmt::Write as _;
+        let rt = self.shared.runtime.load();
+        let mut out = String::new();
+        for up in rt.clusters().iter().chain(rt.locals().iter()) {
+            for e in up.endpoint_report() {
+                let flag = if e.healthy {
+                    "healthy"
+                } else {
+                    "/failed_active_hc"
+                };
+                let _ = writeln!(out, "{}::{}::health_flags::{}", up.name(), e.addr, flag);
+                let _ = writeln!(out, "{}::{}::rq_active::{}", up.name(), e.addr, e.in_flight);
+                let _ = writeln!(
+                    out,
+                    "{}::{}::cx_idle::{}",
+                    up.name(),
+                    e.addr,
+                    e.idle_connections
+                );
+            }
+            if up.endpoint_report().is_empty() {
+                let _ = writeln!(out, "{}::no_endpoints", up.name());
+            }
+        }
+        out
+    }
+
+    fn refresh_stats(&self) {
+        self.shared.server.refresh(self.ready());
+    }
+
+    fn quit(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.shutdown.cancel();
+        self.shared.quit.cancel();
+    }
+
+    fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.shutdown.cancel();
+    }
+
+    fn set_log_level(&self, level: &str) -> Result<(), String> {
+        outrider_telemetry::set_level(level).map_err(|e| e.to_string())
+    }
+}

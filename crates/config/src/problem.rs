@@ -35,3 +35,39 @@ impl fmt::Display for Problem {
         f.write_str(&self.reason)
     }
 }
+
+impl Problem {
+    /// An error about `path` in resource `kind/name` of `file`.
+    pub fn error(
+        file: impl Into<String>,
+        kind: impl Into<String>,
+        name: impl Into<String>,
+        path: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            severity: Severity::Error,
+            file: file.into(),
+            kind: kind.into(),
+            name: name.into(),
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A warning about `path` in resource `kind/name` of `file`.
+    pub fn warning(
+        file: impl Into<String>,
+        kind: impl Into<String>,
+        name: impl Into<String>,
+        path: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Problem {
+        Problem { severity: Severity::Warning, ..Problem::error(file, kind, name, path, reason) }
+    }
+
+    /// True for [`Severity::Error`].
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}

@@ -1,1 +1,23 @@
-//! TODO
+//! The proxy: HTTP/1.1, h2c and gRPC routing and forwarding, upstream pools, and the dispatch
+//! of each accepted connection to the L7 or L4 path.
+
+mod body;
+mod headers;
+mod local;
+mod pool;
+mod proxy;
+mod runtime;
+mod server;
+mod upstream;
+
+pub use body::{ReqBody, RespBody};
+pub use headers::{request_id, split_authority};
+pub use local::{LocalReason, local_reply};
+pub use outrider_balance::Algorithm;
+pub use pool::{MAX_IDLE_PER_ENDPOINT, POOL_IDLE_TIMEOUT, SendError};
+pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService};
+pub use runtime::{
+    HttpDecision, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions, TcpDecision,
+};
+pub use server::{DETECT_TIMEOUT, Detected, detect, serve_connection};
+pub use upstream::{EndpointReport, Upstream};

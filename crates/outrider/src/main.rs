@@ -1,1 +1,98 @@
-fn main() {}
+//! `outrider`: the command line. Parses flags and environment, then hands over to the library
+//! crates.
+
+mod cmd_demo;
+mod cmd_healthcheck;
+mod cmd_iptables;
+mod cmd_run;
+mod cmd_upstream;
+mod cmd_validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Outrider: an App Mesh-compatible sidecar proxy. It reads App Mesh resource specs offline and
+/// routes a task's traffic as those specs say.
+#[derive(Parser)]
+#[command(name = "outrider", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (without --config: a transparent pass-through sidecar).
+    Run(cmd_run::RunArgs),
+    /// Check App Mesh specs and show what the node would do.
+    Validate(cmd_validate::ValidateArgs),
+    /// A self-contained demo mesh: demo services, weighted routes and the proxy in one process.
+    Demo(cmd_demo::DemoArgs),
+    /// Install, remove, print or verify the iptables interception rules.
+    Iptables(cmd_iptables::IptablesArgs),
+    /// Exit 0 when the local proxy is ready (for container health checks).
+    Healthcheck(cmd_healthcheck::HealthcheckArgs),
+    /// Built-in upstream for demos and load tests.
+    Upstream(cmd_upstream::UpstreamArgs),
+}
+
+/// Which App Mesh resources to load and which node this proxy is (shared by several commands).
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// A file or directory of App Mesh resources (JSON or YAML); repeatable.
+    #[arg(long = "config", short = 'c', value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// The virtual node this proxy is.
+    #[arg(long, value_name = "NAME", conflicts_with = "gateway")]
+    pub node: Option<String>,
+    /// The virtual gateway this proxy is.
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
+    /// The mesh to use when the files hold several.
+    #[arg(long, value_name = "MESH")]
+    pub mesh: Option<String>,
+    /// App Mesh's way of naming the node: arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NAME.
+    #[arg(
+        long,
+        env = "APPMESH_RESOURCE_ARN",
+        value_name = "ARN",
+        hide_env_values = false
+    )]
+    pub resource_arn: Option<String>,
+}
+
+impl SpecArgs {
+    /// The selector from flags, with the ARN as a fallback (flags win).
+    pub fn selector(&self) -> Result<outrider_config::Selector, String> {
+        let mut sel = match &self.resource_arn {
+            Some(arn) if self.node.is_none() && self.gateway.is_none() => {
+                outrider_config::Selector::from_arn(arn).map_err(|p| p.to_string())?
+            }
+            _ => outrider_config::Selector::default(),
+        };
+        if self.node.is_some() {
+            sel.node = self.node.clone();
+        }
+        if self.gateway.is_some() {
+            sel.gateway = self.gateway.clone();
+        }
+        if self.mesh.is_some() {
+            sel.mesh = self.mesh.clone();
+        }
+        Ok(sel)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => cmd_run::run(args),
+        Command::Validate(args) => cmd_validate::run(args),
+        Command::Demo(args) => cmd_demo::run(args),
+        Command::Iptables(args) => cmd_iptables::run(args),
+        Command::Healthcheck(args) => cmd_healthcheck::run(args),
+        Command::Upstream(args) => cmd_upstream::run(args),
+    }
+}

@@ -1,0 +1,163 @@
+//! Request and response bodies as plain enums, so the proxy path names concrete types and boxes
+//! nothing per request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::pool::PoolReturn;
+
+/// A body sent upstream: nothing, bytes kept for replay (retries), or the downstream stream.
+#[derive(Debug)]
+pub enum ReqBody {
+    Empty,
+    /// Taken once per attempt from a clone of the buffered bytes.
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream(inner) => Pin::new(inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(data) => data.is_none(),
+            ReqBody::Stream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ReqBody::Stream(inner) => inner.size_hint(),
+        }
+    }
+}
+
+/// A body sent downstream: an upstream stream (which gives its HTTP/1 connection back to the
+/// pool once fully read), or a local reply.
+pub struct RespBody {
+    kind: RespKind,
+}
+
+enum RespKind {
+    Upstream {
+        inner: Incoming,
+        on_end: Option<PoolReturn>,
+    },
+    Full(Option<Bytes>),
+}
+
+impl RespBody {
+    /// A body streamed from upstream.
+    pub(crate) fn upstream(inner: Incoming, on_end: Option<PoolReturn>) -> Self {
+        let mut body = RespBody {
+            kind: RespKind::Upstream { inner, on_end },
+        };
+        body.release_if_done();
+        body
+    }
+
+    /// A body of known bytes (local replies).
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        RespBody {
+            kind: RespKind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        RespBody {
+            kind: RespKind::Full(None),
+        }
+    }
+
+    fn release_if_done(&mut self) {
+        if let RespKind::Upstream { inner, on_end } = &mut self.kind
+            && inner.is_end_stream()
+            && let Some(ret) = on_end.take()
+        {
+            ret.release();
+        }
+    }
+}
+
+impl std::fmt::Debug for RespBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RespBody")
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            RespKind::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
+            RespKind::Upstream { inner, on_end } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(ret) = on_end.take() {
+                            ret.release();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken body means a broken connection: never reuse it.
+                        on_end.take();
+                    }
+                    Poll::Ready(Some(Ok(_))) => {
+                        if inner.is_end_stream()
+                            && let Some(ret) = on_end.take()
+                        {
+                            ret.release();
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RespKind::Full(data) => data.is_none(),
+            RespKind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RespKind::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            RespKind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

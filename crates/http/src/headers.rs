@@ -1,0 +1,183 @@
+//! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers, request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-request-id`, generated when a request arrives without one (as Envoy does).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`: the downstream address is appended.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`: set to the downstream scheme when absent.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// True when a request asks for an HTTP/1.1 upgrade (`Connection: upgrade` plus `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes hop-by-hop headers: those named by `Connection`, and the fixed set. With `upgrade`,
+/// `Connection: upgrade` and `Upgrade` are kept so the upgrade reaches the next hop. `TE` is kept
+/// only as `trailers` (gRPC needs it).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && *n == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Appends the downstream address to `x-forwarded-for`, sets `x-forwarded-proto` when absent and
+/// adds an `x-request-id` when absent.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, scheme: &'static str) {
+    let peer_text = peer.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev},{peer_text}")),
+        _ => HeaderValue::from_str(&peer_text),
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id());
+    }
+}
+
+/// A random UUID v4, the shape Envoy generates for `x-request-id`.
+pub fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    // Version 4, variant 10xx.
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut nibble = 32;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((n >> (nibble * 4)) & 0xf) as usize];
+    }
+    // The bytes are ASCII hex and dashes, always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Splits an authority into host and port, handling `[v6]:port`. The host keeps its case.
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("keep-alive"));
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn keeps_upgrade_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1,127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        let id = h.get("x-request-id").unwrap().to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-request-id", HeaderValue::from_static("abc"));
+        add_forwarding(&mut h2, "::1".parse().unwrap(), "http");
+        assert_eq!(h2.get("x-request-id").unwrap(), "abc");
+    }
+
+    #[test]
+    fn authority_split() {
+        assert_eq!(split_authority("svc.local:8080"), ("svc.local", Some(8080)));
+        assert_eq!(split_authority("svc.local"), ("svc.local", None));
+        assert_eq!(split_authority("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_authority("[::1]"), ("::1", None));
+        assert_eq!(split_authority("host:notaport"), ("host:notaport", None));
+    }
+}

@@ -1,0 +1,353 @@
+//! Upstream connection pools: HTTP/1.1 keep-alive connections kept idle per endpoint, and one
+//! multiplexed HTTP/2 connection per endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use outrider_telemetry::ClusterStats;
+use outrider_transport::ConnectError;
+
+use crate::body::ReqBody;
+
+/// Idle HTTP/1.1 connections kept per endpoint. Default is 128.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// An idle upstream connection older than this is closed instead of reused. Default is 60 s.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most pass-through destinations (ALLOW_ALL) kept with pools at once. Default is 1024.
+const MAX_PASSTHROUGH_POOLS: usize = 1024;
+/// How many stale idle connections one request may discard before dialing a new one.
+const MAX_STALE_TRIES: usize = 4;
+
+/// Why an upstream exchange failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// TCP connect failed or timed out (Envoy: UF, "connection failure").
+    #[error("upstream connect error: {0}")]
+    Connect(#[from] ConnectError),
+    /// The HTTP handshake on a new connection failed.
+    #[error("upstream handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The upstream refused the stream (HTTP/2 REFUSED_STREAM): it was not processed.
+    #[error("upstream refused the stream: {0}")]
+    Refused(#[source] hyper::Error),
+    /// The connection or stream broke after the request was (maybe) sent.
+    #[error("upstream reset before response headers: {0}")]
+    Reset(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// True when the request certainly did not reach the application.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, SendError::Connect(_) | SendError::Handshake(_))
+    }
+
+    /// True for a connect timeout.
+    pub fn is_connect_timeout(&self) -> bool {
+        matches!(self, SendError::Connect(e) if e.is_timeout())
+    }
+}
+
+struct Idle {
+    tx: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// Connections to one endpoint.
+pub struct EndpointPool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
+    h2_dial: tokio::sync::Mutex<()>,
+    stats: ClusterStats,
+}
+
+/// Gives an HTTP/1.1 connection back to its pool when the response body has been read.
+pub(crate) struct PoolReturn {
+    pool: Arc<EndpointPool>,
+    tx: http1::SendRequest<ReqBody>,
+}
+
+impl PoolReturn {
+    pub(crate) fn release(self) {
+        self.pool.put_idle(self.tx);
+    }
+}
+
+impl EndpointPool {
+    fn new(addr: SocketAddr, stats: ClusterStats) -> Self {
+        EndpointPool {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            h2: ArcSwapOption::empty(),
+            h2_dial: tokio::sync::Mutex::new(()),
+            stats,
+        }
+    }
+
+    /// The endpoint address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Idle HTTP/1.1 connections right now (for `/clusters`).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    fn put_idle(&self, tx: http1::SendRequest<ReqBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        idle.retain(|c| now.duration_since(c.since) < POOL_IDLE_TIMEOUT && !c.tx.is_closed());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(Idle { tx, since: now });
+        }
+    }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some(c) = idle.pop() {
+            if !c.tx.is_closed() && now.duration_since(c.since) < POOL_IDLE_TIMEOUT {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    /// Sends one request over HTTP/1.1 or HTTP/2 (h2c). For HTTP/1.1 the connection goes back
+    /// to the pool through the returned [`PoolReturn`] once the response body is read.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        h2: bool,
+        req: Request<ReqBody>,
+        connect_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
+        if h2 {
+            self.send_h2(req, connect_timeout).await.map(|r| (r, None))
+        } else {
+            self.send_h1(req, connect_timeout).await
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+        connect_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
+        for _ in 0..MAX_STALE_TRIES {
+            let Some(mut tx) = self.take_idle() else {
+                break;
+            };
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok((
+                        resp,
+                        Some(PoolReturn {
+                            pool: self.clone(),
+                            tx,
+                        }),
+                    ));
+                }
+                Err(mut err) => match err.take_message() {
+                    // The request never left: a stale keep-alive connection. Try another.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Reset(err.into_error())),
+                },
+            }
+        }
+        let mut tx = self.dial_h1(connect_timeout).await?;
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok((
+                resp,
+                Some(PoolReturn {
+                    pool: self.clone(),
+                    tx,
+                }),
+            )),
+            Err(err) => Err(SendError::Reset(err.into_error())),
+        }
+    }
+
+    async fn dial_h1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+        let stream = self.connect(connect_timeout).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Handshake)?;
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            // Upgrades (WebSocket) take the connection over after a 101.
+            let _ = conn.with_upgrades().await;
+            stats.cx_active.decrement(1.0);
+        });
+        Ok(tx)
+    }
+
+    async fn send_h2(
+        &self,
+        req: Request<ReqBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut tx = self.h2_sender(connect_timeout).await?;
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(err) => {
+                if is_refused(&err) {
+                    Err(SendError::Refused(err))
+                } else {
+                    Err(SendError::Reset(err))
+                }
+            }
+        }
+    }
+
+    async fn h2_sender(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+        if let Some(tx) = self.h2.load_full()
+            && !tx.is_closed()
+        {
+            return Ok((*tx).clone());
+        }
+        // One dial at a time per endpoint: concurrent requests share the new connection.
+        let _dialing = self.h2_dial.lock().await;
+        if let Some(tx) = self.h2.load_full()
+            && !tx.is_closed()
+        {
+            return Ok((*tx).clone());
+        }
+        let stream = self.connect(connect_timeout).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Handshake)?;
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            stats.cx_active.decrement(1.0);
+        });
+        self.h2.store(Some(Arc::new(tx.clone())));
+        Ok(tx)
+    }
+
+    async fn connect(&self, connect_timeout: Duration) -> Result<tokio::net::TcpStream, SendError> {
+        match outrider_transport::connect(self.addr, connect_timeout).await {
+            Ok(stream) => {
+                self.stats.cx_total.increment(1);
+                self.stats.cx_active.increment(1.0);
+                Ok(stream)
+            }
+            Err(err) => {
+                self.stats.cx_connect_fail.increment(1);
+                if err.is_timeout() {
+                    self.stats.cx_connect_timeout.increment(1);
+                }
+                Err(SendError::Connect(err))
+            }
+        }
+    }
+}
+
+fn is_refused(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The pools of one cluster, keyed by endpoint. Reads take no lock; a new endpoint copies the
+/// map once.
+pub struct PoolSet {
+    map: ArcSwap<HashMap<SocketAddr, Arc<EndpointPool>>>,
+    write: Mutex<()>,
+    stats: ClusterStats,
+    bounded: bool,
+}
+
+impl PoolSet {
+    /// Pools for a cluster's endpoints.
+    pub fn new(stats: ClusterStats) -> Self {
+        PoolSet {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            write: Mutex::new(()),
+            stats,
+            bounded: false,
+        }
+    }
+
+    /// Pools for pass-through destinations, with a bounded number of entries.
+    pub fn passthrough(stats: ClusterStats) -> Self {
+        PoolSet {
+            bounded: true,
+            ..PoolSet::new(stats)
+        }
+    }
+
+    /// The pool of `addr`, created on first use.
+    pub fn get(&self, addr: SocketAddr) -> Arc<EndpointPool> {
+        if let Some(p) = self.map.load().get(&addr) {
+            return p.clone();
+        }
+        let _guard = self.write.lock();
+        let current = self.map.load_full();
+        if let Some(p) = current.get(&addr) {
+            return p.clone();
+        }
+        let mut next = if self.bounded && current.len() >= MAX_PASSTHROUGH_POOLS {
+            HashMap::new()
+        } else {
+            (*current).clone()
+        };
+        let pool = Arc::new(EndpointPool::new(addr, self.stats.clone()));
+        next.insert(addr, pool.clone());
+        self.map.store(Arc::new(next));
+        pool
+    }
+
+    /// Drops the pools of endpoints that are gone (their idle connections close).
+    pub fn retain(&self, addrs: &[SocketAddr]) {
+        let _guard = self.write.lock();
+        let current = self.map.load_full();
+        if current.keys().all(|a| addrs.contains(a)) {
+            return;
+        }
+        let next: HashMap<_, _> = current
+            .iter()
+            .filter(|(a, _)| addrs.contains(a))
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
+        self.map.store(Arc::new(next));
+    }
+
+    /// Every pool (for `/clusters`).
+    pub fn pools(&self) -> Vec<Arc<EndpointPool>> {
+        self.map.load().values().cloned().collect()
+    }
+}

@@ -1,0 +1,587 @@
+//! The L7 proxy service: route a request, then forward it with timeouts and retries, and turn
+//! every failure into one local reply at the edge.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use outrider_config::{RetryPolicy, Timeouts, grpc_retry, http_retry};
+use outrider_route::RequestParts;
+use outrider_telemetry::ListenerStats;
+use tokio::time::timeout_at;
+
+use crate::body::{ReqBody, RespBody};
+use crate::headers::{add_forwarding, is_upgrade, split_authority, strip_hop_by_hop};
+use crate::local::{LocalReason, local_reply};
+use crate::pool::{PoolReturn, SendError};
+use crate::runtime::{HttpDecision, NO_RETRY, Runtime};
+use crate::upstream::Upstream;
+
+/// Request bodies up to this size are buffered so they can be replayed on retry; larger ones
+/// stream and are not retried. Default is 64 KiB.
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// First retry back-off bound (fully jittered, doubled per retry). Default is 25 ms.
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// Largest retry back-off bound. Default is 250 ms.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Which side of the sidecar a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Traffic into the local app (port 15000).
+    Ingress,
+    /// Traffic from the local app to the mesh (port 15001).
+    Egress,
+}
+
+impl Direction {
+    /// `ingress` or `egress`, the stats prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+pub struct ListenerCtx {
+    pub direction: Direction,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub stats: ListenerStats,
+    /// The proxy's own listener addresses, never used as a destination (no loops).
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+/// One downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The original destination of a redirected connection.
+    pub orig_dst: Option<SocketAddr>,
+}
+
+/// The hyper service of one downstream connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    ctx: Arc<ListenerCtx>,
+    conn: ConnInfo,
+}
+
+impl ProxyService {
+    pub fn new(ctx: Arc<ListenerCtx>, conn: ConnInfo) -> Self {
+        ProxyService { ctx, conn }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<RespBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ctx = self.ctx.clone();
+        let conn = self.conn;
+        Box::pin(async move {
+            let start = Instant::now();
+            ctx.stats.rq_total.increment(1);
+            let resp = handle(&ctx, conn, req).await;
+            ctx.stats.record_response(resp.status().as_u16(), start);
+            Ok(resp)
+        })
+    }
+}
+
+/// Where the request goes, owned so the request can be taken apart afterwards.
+struct Plan {
+    upstream: Arc<Upstream>,
+    /// A fixed destination (pass-through) instead of the cluster's balancer.
+    fixed: Option<SocketAddr>,
+    h2: bool,
+    timeouts: Timeouts,
+    retry: RetryPolicy,
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    let host = req.headers().get(header::HOST)?;
+    Authority::try_from(host.as_bytes()).ok()
+}
+
+async fn handle(
+    ctx: &ListenerCtx,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let runtime = ctx.runtime.load_full();
+    let grpc = is_grpc(req.headers());
+    let authority = request_authority(&req);
+    let plan = match decide(ctx, conn, &runtime, &req, authority.as_ref()).await {
+        Ok(plan) => plan,
+        Err(reason) => return local_reply(reason, grpc),
+    };
+    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_version = req.version();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarding(&mut parts.headers, conn.peer.ip(), "http");
+
+    let retries_possible = plan.retry.max_retries > 0 && !upgrade;
+    let body = match prepare_body(body, retries_possible).await {
+        Ok(b) => b,
+        Err(reason) => return local_reply(reason, grpc),
+    };
+    let uri = match upstream_uri(&parts.uri, authority.as_ref(), plan.h2) {
+        Some(u) => u,
+        None => return local_reply(LocalReason::BadRequest, grpc),
+    };
+    if plan.h2 {
+        parts.headers.remove(header::HOST);
+    } else if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = &authority
+        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let template = Template {
+        method: parts.method,
+        uri,
+        headers: parts.headers,
+        grpc,
+    };
+
+    match forward(&plan, template, body).await {
+        Ok((resp, pool_return)) => {
+            let (mut head, body) = resp.into_parts();
+            let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            if switching {
+                if let Some(down) = on_upgrade {
+                    let up = hyper::upgrade::on(&mut Response::from_parts(head.clone(), ()));
+                    splice_upgrade(down, up);
+                }
+            } else {
+                strip_hop_by_hop(&mut head.headers, false);
+            }
+            head.version = downstream_version;
+            // An upgraded connection is never returned to the pool.
+            let pool_return = if switching { None } else { pool_return };
+            Response::from_parts(head, RespBody::upstream(body, pool_return))
+        }
+        Err(reason) => local_reply(reason, grpc),
+    }
+}
+
+async fn decide(
+    ctx: &ListenerCtx,
+    conn: ConnInfo,
+    runtime: &Runtime,
+    req: &Request<Incoming>,
+    authority: Option<&Authority>,
+) -> Result<Plan, LocalReason> {
+    let downstream_h2 = req.version() == Version::HTTP_2;
+    let orig_port = conn.orig_dst.map(|a| a.port());
+    if ctx.direction == Direction::Ingress {
+        if runtime.is_transparent() {
+            let port = orig_port.unwrap_or(conn.local.port());
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            if outrider_transport::is_self(addr, &ctx.own_addrs) {
+                return Err(LocalReason::NoRoute);
+            }
+            return Ok(Plan {
+                upstream: runtime.passthrough().clone(),
+                fixed: Some(addr),
+                h2: downstream_h2,
+                timeouts: Timeouts::default(),
+                retry: NO_RETRY,
+            });
+        }
+        let index = runtime
+            .ingress_listener(orig_port)
+            .ok_or(LocalReason::NoHealthyUpstream)?;
+        let listener = &runtime.snapshot().listeners[index];
+        let upstream = runtime
+            .locals()
+            .get(index)
+            .ok_or(LocalReason::NoHealthyUpstream)?
+            .clone();
+        return Ok(Plan {
+            h2: listener.protocol.is_h2(),
+            upstream,
+            fixed: None,
+            timeouts: listener.timeouts,
+            retry: NO_RETRY,
+        });
+    }
+
+    let (host, authority_port) = match authority {
+        Some(a) => split_authority(a.as_str()),
+        None => ("", None),
+    };
+    let path = req.uri().path();
+    let parts = RequestParts {
+        method: req.method(),
+        scheme: "http",
+        host,
+        port: authority_port.or(orig_port).unwrap_or(80),
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    match runtime.route_http(&parts, authority_port, orig_port) {
+        HttpDecision::Cluster {
+            upstream,
+            timeouts,
+            retry,
+            ..
+        } => Ok(Plan {
+            h2: upstream.protocol().is_h2(),
+            upstream: upstream.clone(),
+            fixed: None,
+            timeouts,
+            retry,
+        }),
+        HttpDecision::NoRoute => Err(LocalReason::NoRoute),
+        HttpDecision::NoCluster => Err(LocalReason::NoHealthyUpstream),
+        HttpDecision::Unknown(outrider_config::EgressFilter::DropAll) => Err(LocalReason::NoRoute),
+        HttpDecision::Unknown(outrider_config::EgressFilter::AllowAll) => {
+            let dst = match conn.orig_dst {
+                Some(d) => d,
+                None => resolve_authority(host, authority_port.unwrap_or(80)).await?,
+            };
+            if outrider_transport::is_self(dst, &ctx.own_addrs) {
+                return Err(LocalReason::NoRoute);
+            }
+            Ok(Plan {
+                upstream: runtime.passthrough().clone(),
+                fixed: Some(dst),
+                h2: downstream_h2,
+                timeouts: Timeouts::default(),
+                retry: NO_RETRY,
+            })
+        }
+    }
+}
+
+/// A client used the egress port as an explicit proxy toward a host the mesh does not know.
+async fn resolve_authority(host: &str, port: u16) -> Result<SocketAddr, LocalReason> {
+    if host.is_empty() {
+        return Err(LocalReason::NoRoute);
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(mut addrs) => addrs.next().ok_or(LocalReason::NoHealthyUpstream),
+        Err(_) => Err(LocalReason::NoHealthyUpstream),
+    }
+}
+
+async fn prepare_body(body: Incoming, retries_possible: bool) -> Result<ReqBody, LocalReason> {
+    if body.is_end_stream() {
+        return Ok(ReqBody::Empty);
+    }
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= MAX_REPLAY_BODY);
+    if !(retries_possible && small) {
+        return Ok(ReqBody::Stream(body));
+    }
+    match Limited::new(body, MAX_REPLAY_BODY as usize).collect().await {
+        Ok(collected) => {
+            // Trailers on a small unary body are rare; such a request is simply not replayed
+            // with them, which matches what was announced (a sized body).
+            Ok(ReqBody::Full(Some(collected.to_bytes())))
+        }
+        Err(_) => Err(LocalReason::BadRequest),
+    }
+}
+
+fn upstream_uri(uri: &Uri, authority: Option<&Authority>, h2: bool) -> Option<Uri> {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        let authority = authority?.clone();
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .ok()
+    } else {
+        Uri::builder().path_and_query(pq).build().ok()
+    }
+}
+
+/// The parts of a request kept to build each attempt.
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    grpc: bool,
+}
+
+impl Template {
+    fn request(&self, body: ReqBody, h2: bool) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        *req.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        req
+    }
+
+    fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+    }
+}
+
+enum Attempt {
+    Response(Response<Incoming>, Option<PoolReturn>),
+    Failed(LocalReason, bool),
+}
+
+async fn forward(
+    plan: &Plan,
+    template: Template,
+    body: ReqBody,
+) -> Result<(Response<Incoming>, Option<PoolReturn>), LocalReason> {
+    let started = tokio::time::Instant::now();
+    let deadline = plan.timeouts.per_request.map(|t| started + t);
+    let replay = match &body {
+        ReqBody::Empty => Some(None),
+        ReqBody::Full(Some(b)) => Some(Some(b.clone())),
+        _ => None,
+    };
+    let mut body = Some(body);
+    let stats = &plan.upstream.stats;
+    let mut last_addr: Option<SocketAddr> = None;
+    let mut attempt: u32 = 0;
+    loop {
+        let can_retry = attempt < plan.retry.max_retries && replay.is_some();
+        let attempt_body = match (&replay, body.take()) {
+            (_, Some(b)) => b,
+            (Some(None), None) => ReqBody::Empty,
+            (Some(Some(bytes)), None) => ReqBody::Full(Some(bytes.clone())),
+            (None, None) => return Err(LocalReason::UpstreamReset),
+        };
+        let outcome = one_attempt(
+            plan,
+            &template,
+            attempt_body,
+            deadline,
+            last_addr,
+            &mut last_addr,
+        )
+        .await;
+        match outcome {
+            Attempt::Response(resp, pool_return) => {
+                let status = resp.status().as_u16();
+                if can_retry && retry_on_response(&plan.retry, &template, &resp) {
+                    stats.rq_retry.increment(1);
+                    drop(resp);
+                    drop(pool_return);
+                } else {
+                    if attempt > 0 && status < 500 {
+                        stats.rq_retry_success.increment(1);
+                    }
+                    return Ok((resp, pool_return));
+                }
+            }
+            Attempt::Failed(reason, retriable) => {
+                if reason == LocalReason::Timeout
+                    && deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                {
+                    stats.rq_timeout.increment(1);
+                    return Err(LocalReason::Timeout);
+                }
+                if !(can_retry && retriable) {
+                    if reason == LocalReason::Timeout {
+                        stats.rq_timeout.increment(1);
+                    }
+                    return Err(reason);
+                }
+                stats.rq_retry.increment(1);
+            }
+        }
+        attempt += 1;
+        let backoff = backoff(attempt);
+        match deadline {
+            Some(d) if tokio::time::Instant::now() + backoff >= d => {
+                stats.rq_timeout.increment(1);
+                return Err(LocalReason::Timeout);
+            }
+            _ => tokio::time::sleep(backoff).await,
+        }
+    }
+}
+
+/// Fully jittered exponential back-off before retry `n` (1-based).
+fn backoff(n: u32) -> Duration {
+    let cap = RETRY_BACKOFF_BASE
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(RETRY_BACKOFF_MAX);
+    let nanos = cap.as_nanos().min(u64::MAX as u128) as u64;
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
+async fn one_attempt(
+    plan: &Plan,
+    template: &Template,
+    body: ReqBody,
+    deadline: Option<tokio::time::Instant>,
+    avoid: Option<SocketAddr>,
+    used: &mut Option<SocketAddr>,
+) -> Attempt {
+    let upstream = &plan.upstream;
+    let (addr, guard) = match plan.fixed {
+        Some(addr) => (addr, None),
+        None => {
+            let picked = match avoid {
+                Some(prev) => upstream.balancer.pick_excluding(prev),
+                None => upstream.balancer.pick(),
+            };
+            match picked {
+                Some(ep) => (ep.addr(), Some(ep.start())),
+                None => return Attempt::Failed(LocalReason::NoHealthyUpstream, false),
+            }
+        }
+    };
+    *used = Some(addr);
+    let pool = upstream.pools.get(addr);
+    let req = template.request(body, plan.h2);
+    let try_deadline = match (plan.retry.per_retry_timeout, deadline) {
+        (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
+        (Some(t), None) => Some(tokio::time::Instant::now() + t),
+        (None, d) => d,
+    };
+    let started = Instant::now();
+    upstream.stats.rq_total.increment(1);
+    let send = pool.send(plan.h2, req, upstream.connect_timeout());
+    let result = match try_deadline {
+        Some(d) => match timeout_at(d, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Dropping the future cancels the upstream attempt.
+                return Attempt::Failed(LocalReason::Timeout, true);
+            }
+        },
+        None => send.await,
+    };
+    match result {
+        Ok((resp, pool_return)) => {
+            upstream
+                .stats
+                .record_response(resp.status().as_u16(), started);
+            if let Some(g) = guard {
+                g.finish(started.elapsed());
+            }
+            Attempt::Response(resp, pool_return)
+        }
+        Err(err) => {
+            tracing::debug!(cluster = upstream.name(), %addr, error = %err, "upstream attempt failed");
+            let retriable = retry_on_error(&plan.retry, template, &err);
+            let reason = if err.is_connect_failure() {
+                LocalReason::ConnectFailure
+            } else {
+                LocalReason::UpstreamReset
+            };
+            Attempt::Failed(reason, retriable)
+        }
+    }
+}
+
+fn retry_on_error(policy: &RetryPolicy, template: &Template, err: &SendError) -> bool {
+    match err {
+        SendError::Connect(_) | SendError::Handshake(_) => policy.connection_error,
+        SendError::Refused(_) => policy.http_events & http_retry::STREAM_ERROR != 0,
+        // A reset after sending may have been processed: only an explicit stream-error
+        // policy retries it, never App Mesh's implicit default.
+        SendError::Reset(_) => {
+            policy.http_events & http_retry::STREAM_ERROR != 0
+                && !policy.implicit
+                && (template.idempotent() || !policy.implicit)
+        }
+    }
+}
+
+fn retry_on_response(policy: &RetryPolicy, template: &Template, resp: &Response<Incoming>) -> bool {
+    if policy.implicit && !template.idempotent() {
+        return false;
+    }
+    let status = resp.status().as_u16();
+    let e = policy.http_events;
+    let by_status = (e & http_retry::SERVER_ERROR != 0 && (500..=511).contains(&status))
+        || (e & http_retry::GATEWAY_ERROR != 0 && (502..=504).contains(&status))
+        || (e & http_retry::CLIENT_ERROR != 0 && status == 409)
+        || (e & http_retry::STATUS_503 != 0 && status == 503);
+    if by_status {
+        return true;
+    }
+    if template.grpc && policy.grpc_events != 0 {
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u32>().ok());
+        let g = policy.grpc_events;
+        return match code {
+            Some(1) => g & grpc_retry::CANCELLED != 0,
+            Some(4) => g & grpc_retry::DEADLINE_EXCEEDED != 0,
+            Some(8) => g & grpc_retry::RESOURCE_EXHAUSTED != 0,
+            Some(13) => g & grpc_retry::INTERNAL != 0,
+            Some(14) => g & grpc_retry::UNAVAILABLE != 0,
+            _ => false,
+        };
+    }
+    false
+}
+
+/// After a 101, both connections become a byte pipe.
+fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(down, up) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
+            }
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    });
+}

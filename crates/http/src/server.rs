@@ -1,0 +1,201 @@
+//! Serving one downstream connection: protocol detection (HTTP/1.1, h2c, or opaque TCP), the
+//! hyper server for HTTP, and the L4 path for TCP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use outrider_config::Protocol;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{ConnInfo, Direction, ListenerCtx, ProxyService};
+use crate::runtime::TcpDecision;
+
+/// How long an egress connection to an unknown port may stay silent before it is treated as
+/// opaque TCP (server-first protocols such as MySQL send nothing). Default is 1 s.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time allowed to receive a request head on HTTP/1.1. Default is 60 s.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 streams per downstream connection. Default is 1024.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// What the first bytes of a connection say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http,
+    Opaque,
+}
+
+/// Tells HTTP/1.x and the HTTP/2 preface apart from anything else, from the first bytes.
+pub fn detect(prefix: &[u8]) -> Detected {
+    const METHODS: [&[u8]; 10] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"TRACE ",
+        b"CONNECT ",
+        b"PRI * HTTP/2",
+    ];
+    let http = METHODS.iter().any(|m| {
+        let n = m.len().min(prefix.len());
+        n > 0 && prefix[..n] == m[..n]
+    });
+    if http {
+        Detected::Http
+    } else {
+        Detected::Opaque
+    }
+}
+
+async fn peek_detect(stream: &TcpStream) -> Detected {
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => detect(&buf[..n]),
+        _ => Detected::Opaque,
+    }
+}
+
+/// Serves one accepted connection until it ends or `shutdown` fires (then drains gracefully).
+pub async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnInfo,
+    shutdown: CancellationToken,
+) {
+    let runtime = ctx.runtime.load_full();
+    let orig_port = conn.orig_dst.map(|a| a.port());
+    let l4 = match ctx.direction {
+        Direction::Ingress => {
+            if runtime.is_transparent() {
+                peek_detect(&stream).await == Detected::Opaque
+            } else {
+                runtime
+                    .ingress_listener(orig_port)
+                    .and_then(|i| runtime.snapshot().listeners.get(i))
+                    .is_some_and(|l| l.protocol == Protocol::Tcp)
+            }
+        }
+        Direction::Egress => match orig_port {
+            Some(port) if runtime.is_tcp_port(port) => true,
+            Some(_) => peek_detect(&stream).await == Detected::Opaque,
+            None => false,
+        },
+    };
+    drop(runtime);
+    if l4 {
+        serve_tcp(stream, &ctx, conn).await;
+    } else {
+        serve_http(stream, ctx, conn, shutdown).await;
+    }
+}
+
+async fn serve_http(
+    stream: TcpStream,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnInfo,
+    shutdown: CancellationToken,
+) {
+    ctx.stats.cx_total.increment(1);
+    ctx.stats.cx_active.increment(1.0);
+    let service = ProxyService::new(ctx.clone(), conn);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(60 * 1024)
+        .adaptive_window(true);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        res = connection.as_mut() => {
+            if let Err(err) = res {
+                tracing::debug!(peer = %conn.peer, error = %err, "downstream connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+    ctx.stats.cx_active.decrement(1.0);
+}
+
+async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
+    let runtime = ctx.runtime.load_full();
+    let orig_port = conn.orig_dst.map(|a| a.port());
+    let (target, idle) = match ctx.direction {
+        Direction::Ingress => {
+            let port = match runtime
+                .ingress_listener(orig_port)
+                .and_then(|i| runtime.snapshot().listeners.get(i))
+            {
+                Some(l) => l.port,
+                None => orig_port.unwrap_or(conn.local.port()),
+            };
+            let idle = runtime
+                .ingress_listener(orig_port)
+                .and_then(|i| runtime.snapshot().listeners.get(i))
+                .and_then(|l| l.timeouts.idle);
+            (std::net::SocketAddr::from(([127, 0, 0, 1], port)), idle)
+        }
+        Direction::Egress => match runtime.route_tcp(conn.orig_dst) {
+            TcpDecision::Cluster { upstream, idle } => match upstream.balancer.pick() {
+                Some(ep) => (ep.addr(), idle),
+                None => return,
+            },
+            TcpDecision::Passthrough(addr) => (addr, None),
+            TcpDecision::Deny => return,
+        },
+    };
+    if outrider_transport::is_self(target, &ctx.own_addrs) {
+        return;
+    }
+    drop(runtime);
+    ctx.stats.tcp_cx_total.increment(1);
+    let upstream = match outrider_transport::connect(
+        target,
+        outrider_transport::DEFAULT_CONNECT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::debug!(%target, error = %err, "tcp upstream connect failed");
+            return;
+        }
+    };
+    match outrider_transport::proxy(stream, upstream, idle).await {
+        Ok((sent, received)) => {
+            ctx.stats.tcp_bytes_received.increment(sent);
+            ctx.stats.tcp_bytes_sent.increment(received);
+        }
+        Err(err) => tracing::debug!(%target, error = %err, "tcp proxy ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_http() {
+        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detected::Http);
+        assert_eq!(detect(b"PRI * HTTP/2.0\r\n"), Detected::Http);
+        assert_eq!(detect(b"PO"), Detected::Http);
+        assert_eq!(detect(b"\x16\x03\x01"), Detected::Opaque);
+        assert_eq!(detect(b"SSH-2.0"), Detected::Opaque);
+        assert_eq!(detect(b""), Detected::Opaque);
+    }
+}

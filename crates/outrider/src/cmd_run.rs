@@ -1,0 +1,227 @@
+//! `outrider run`: the proxy.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use outrider_app::{DEFAULT_ADMIN_ADDR, DEFAULT_EGRESS_ADDR, DEFAULT_INGRESS_ADDR, ProxyOptions};
+use outrider_discovery::ResolverConfig;
+use outrider_telemetry::LogFormat;
+
+use crate::SpecArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Ingress listener (traffic to the local app).
+    #[arg(long, default_value = DEFAULT_INGRESS_ADDR)]
+    pub ingress_addr: SocketAddr,
+    /// Egress listener (traffic from the local app).
+    #[arg(long, default_value = DEFAULT_EGRESS_ADDR)]
+    pub egress_addr: SocketAddr,
+    /// Admin endpoint; loopback by default. ENVOY_ADMIN_ACCESS_PORT sets only its port.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    /// Serves only /ready and /stats/prometheus, for a routable scrape address. Off by default.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Worker threads. Default is the number of CPUs.
+    #[arg(long, env = "ENVOY_CONCURRENCY")]
+    pub workers: Option<usize>,
+    /// A DNS server (IP:PORT) to resolve service discovery names with, instead of the system resolver.
+    #[arg(long)]
+    pub dns_resolver: Option<SocketAddr>,
+    /// DNS re-resolution period, e.g. 5s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub dns_refresh: Duration,
+    /// Endpoint choice.
+    #[arg(long, value_enum, default_value_t = LbPolicy::LeastRequest)]
+    pub lb_policy: LbPolicy,
+    /// trace, debug, info, warning, error, critical or off.
+    #[arg(long, env = "ENVOY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub log_format: Format,
+    /// Seconds egress stays open after SIGTERM so the app can finish its calls.
+    #[arg(long, env = "LISTENER_DRAIN_WAIT_TIME_S", default_value_t = 20)]
+    pub drain_wait_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LbPolicy {
+    /// Least request, power of two choices over peak-EWMA latency.
+    LeastRequest,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Parses `5s`, `500ms`, `250us` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 5s or 500ms)"))?;
+    let secs = match unit {
+        "s" => value,
+        "ms" => value / 1e3,
+        "us" => value / 1e6,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {s:?} (s, ms, us, m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn admin_addr(flag: Option<SocketAddr>) -> Result<SocketAddr, String> {
+    if let Some(a) = flag {
+        return Ok(a);
+    }
+    match std::env::var("ENVOY_ADMIN_ACCESS_PORT") {
+        Ok(port) => port
+            .trim()
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|_| format!("ENVOY_ADMIN_ACCESS_PORT: not a port: {port:?}")),
+        Err(_) => DEFAULT_ADMIN_ADDR
+            .parse()
+            .map_err(|_| "bad default admin address".to_string()),
+    }
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let format = match args.log_format {
+        Format::Text => LogFormat::Text,
+        Format::Json => LogFormat::Json,
+    };
+    if let Err(e) = outrider_telemetry::init_logging(&args.log_level, format) {
+        eprintln!("outrider: {e}");
+        return ExitCode::from(1);
+    }
+    let admin = match admin_addr(args.admin_addr) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let snapshot = if args.spec.config.is_empty() {
+        tracing::info!("no --config: running as a transparent pass-through sidecar");
+        None
+    } else {
+        let selector = match args.spec.selector() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("outrider: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        match outrider_config::build(&args.spec.config, &selector) {
+            Ok(built) => {
+                for w in &built.warnings {
+                    tracing::warn!("{w}");
+                }
+                Some(built.snapshot)
+            }
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("outrider: configuration refused");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    let mut opts = ProxyOptions::local(snapshot);
+    opts.ingress_addr = args.ingress_addr;
+    opts.egress_addr = args.egress_addr;
+    opts.admin_addr = Some(admin);
+    opts.metrics_addr = args.metrics_addr;
+    opts.resolver = args
+        .dns_resolver
+        .map_or(ResolverConfig::System, ResolverConfig::Server);
+    opts.dns_refresh = args.dns_refresh;
+    opts.runtime.algorithm = match args.lb_policy {
+        LbPolicy::LeastRequest => outrider_balance_algorithm::P2C,
+        LbPolicy::RoundRobin => outrider_balance_algorithm::ROUND_ROBIN,
+    };
+    opts.drain_wait = Duration::from_secs(args.drain_wait_s);
+
+    let workers = args.workers.filter(|w| *w > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("outrider: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(serve(opts))
+}
+
+/// Re-exported names, so this file does not depend on the balance crate directly.
+mod outrider_balance_algorithm {
+    pub use outrider_http::Algorithm;
+    pub const P2C: Algorithm = Algorithm::P2c;
+    pub const ROUND_ROBIN: Algorithm = Algorithm::RoundRobin;
+}
+
+async fn serve(opts: ProxyOptions) -> ExitCode {
+    let drain_wait = opts.drain_wait;
+    let proxy = match outrider_app::start(opts).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addrs = proxy.addrs();
+    eprintln!(
+        "outrider: ingress {} egress {} admin {}",
+        addrs.ingress,
+        addrs.egress,
+        addrs.admin.map_or("off".to_string(), |a| a.to_string())
+    );
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("outrider: cannot watch SIGTERM: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        _ = proxy.quit_requested() => {
+            tracing::info!("quit requested");
+            return ExitCode::SUCCESS;
+        }
+    }
+    // A second signal exits at once.
+    tokio::select! {
+        _ = proxy.shutdown(drain_wait) => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    ExitCode::SUCCESS
+}

@@ -18,8 +18,9 @@ use crate::validate::{protocol, to_duration};
 use crate::{
     AccessLog, AccessLogFormat, Cluster, ClusterId, ConnectionPool, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PER_REQUEST_TIMEOUT, Discovery, EgressFilter, HealthCheck, Identity, IpPreference,
-    NodeListener, OutlierDetection, Problem, Protocol, Provider, ResponseType, RetryPolicy, Router,
-    RouterListener, RouteAction, Snapshot, Timeouts, VirtualService, grpc_retry, http_retry,
+    NodeListener, OutlierDetection, Problem, Protocol, Provider, ResponseType, RetryPolicy,
+    RouteAction, Router, RouterListener, Snapshot, Timeouts, VirtualService, grpc_retry,
+    http_retry,
 };
 
 /// The environment variable App Mesh's Envoy image reads its identity from.
@@ -39,7 +40,10 @@ pub struct Selector {
 impl Selector {
     /// A selector for the virtual node `node`, in the only mesh the files hold.
     pub fn node(node: impl Into<String>) -> Selector {
-        Selector { node: Some(node.into()), ..Selector::default() }
+        Selector {
+            node: Some(node.into()),
+            ..Selector::default()
+        }
     }
 
     /// Parses `arn:aws:appmesh:REGION:ACCOUNT:mesh/MESH/virtualNode/NAME` (or
@@ -71,7 +75,10 @@ impl Selector {
         if *mesh_key != "mesh" || mesh.is_empty() || name.is_empty() {
             return Err(bad("the resource is not mesh/MESH/KIND/NAME"));
         }
-        let mut sel = Selector { mesh: Some((*mesh).to_owned()), ..Selector::default() };
+        let mut sel = Selector {
+            mesh: Some((*mesh).to_owned()),
+            ..Selector::default()
+        };
         match *kind {
             "virtualNode" => sel.node = Some((*name).to_owned()),
             "virtualGateway" => sel.gateway = Some((*name).to_owned()),
@@ -84,12 +91,19 @@ impl Selector {
 /// Builds the snapshot of the selected node. Assumes [`crate::validate`] found no error; any
 /// inconsistency met anyway is returned as problems rather than panicking.
 pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>> {
-    let selector_problem = |path: &str, reason: String| vec![Problem::error("-", "-", "-", path, reason)];
+    let selector_problem =
+        |path: &str, reason: String| vec![Problem::error("-", "-", "-", path, reason)];
     if let Some(gw) = &sel.gateway {
-        return Err(selector_problem("--gateway", format!("gateway mode is not implemented yet (virtual gateway \"{gw}\")")));
+        return Err(selector_problem(
+            "--gateway",
+            format!("gateway mode is not implemented yet (virtual gateway \"{gw}\")"),
+        ));
     }
     let Some(node_name) = sel.node.as_deref() else {
-        return Err(selector_problem("--node", format!("no virtual node selected: pass --node NAME or set {RESOURCE_ARN_ENV}")));
+        return Err(selector_problem(
+            "--node",
+            format!("no virtual node selected: pass --node NAME or set {RESOURCE_ARN_ENV}"),
+        ));
     };
     let meshes = res.mesh_names();
     let mesh: &str = match (&sel.mesh, meshes.as_slice()) {
@@ -98,19 +112,41 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
         // No meshName anywhere: the files describe one unnamed mesh.
         (None, []) => "",
         (None, many) => {
-            return Err(selector_problem("--mesh", format!("the files hold several meshes ({}): pick one with --mesh", many.join(", "))));
+            return Err(selector_problem(
+                "--mesh",
+                format!(
+                    "the files hold several meshes ({}): pick one with --mesh",
+                    many.join(", ")
+                ),
+            ));
         }
     };
-    let mut c = Compiler { res, mesh, single: meshes.len() <= 1, clusters: Vec::new(), interned: HashMap::new(), problems: Vec::new() };
+    let mut c = Compiler {
+        res,
+        mesh,
+        single: meshes.len() <= 1,
+        clusters: Vec::new(),
+        interned: HashMap::new(),
+        problems: Vec::new(),
+    };
     let Some(node) = c.find(Kind::VirtualNode, None, node_name) else {
-        let known: Vec<&str> = c.in_mesh(Kind::VirtualNode).map(|r| r.name.as_str()).collect();
+        let known: Vec<&str> = c
+            .in_mesh(Kind::VirtualNode)
+            .map(|r| r.name.as_str())
+            .collect();
         return Err(selector_problem(
             "--node",
-            format!("virtual node \"{node_name}\" is not in mesh \"{mesh}\" (known: {})", known.join(", ")),
+            format!(
+                "virtual node \"{node_name}\" is not in mesh \"{mesh}\" (known: {})",
+                known.join(", ")
+            ),
         ));
     };
     let Spec::VirtualNode(spec) = &node.spec else {
-        return Err(selector_problem("--node", "internal: a virtual node without a node spec".to_owned()));
+        return Err(selector_problem(
+            "--node",
+            "internal: a virtual node without a node spec".to_owned(),
+        ));
     };
     let mesh_spec = c.find(Kind::Mesh, None, mesh).and_then(|r| match &r.spec {
         Spec::Mesh(m) => Some(m.clone()),
@@ -120,7 +156,11 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
         Some(f) if f.type_ == EgressFilterType::AllowAll => EgressFilter::AllowAll,
         _ => EgressFilter::DropAll,
     };
-    let listeners = spec.listeners.iter().map(|l| c.node_listener(node_name, l)).collect();
+    let listeners = spec
+        .listeners
+        .iter()
+        .map(|l| c.node_listener(node_name, l))
+        .collect();
     let mut backends = Vec::new();
     for b in &spec.backends {
         let model::Backend::VirtualService(vs) = b;
@@ -157,15 +197,18 @@ struct Compiler<'a> {
 impl<'a> Compiler<'a> {
     fn in_mesh(&self, kind: Kind) -> impl Iterator<Item = &'a Resource> + use<'a> {
         let (mesh, single) = (self.mesh, self.single);
-        self.res.of_kind(kind).filter(move |r| match (&r.mesh, kind) {
-            (_, Kind::Mesh) => true,
-            (Some(m), _) => m == mesh,
-            (None, _) => single,
-        })
+        self.res
+            .of_kind(kind)
+            .filter(move |r| match (&r.mesh, kind) {
+                (_, Kind::Mesh) => true,
+                (Some(m), _) => m == mesh,
+                (None, _) => single,
+            })
     }
 
     fn find(&self, kind: Kind, parent: Option<&str>, name: &str) -> Option<&'a Resource> {
-        self.in_mesh(kind).find(|r| r.name == name && r.parent.as_deref() == parent)
+        self.in_mesh(kind)
+            .find(|r| r.name == name && r.parent.as_deref() == parent)
     }
 
     fn node_listener(&self, node: &str, l: &model::Listener) -> NodeListener {
@@ -175,7 +218,9 @@ impl<'a> Compiler<'a> {
             (Some(ListenerTimeout::Tcp(t)), Protocol::Tcp) => tcp_timeouts(t.idle.as_ref()),
             (None, Protocol::Tcp) => tcp_timeouts(None),
             (
-                Some(ListenerTimeout::Http(t) | ListenerTimeout::Http2(t) | ListenerTimeout::Grpc(t)),
+                Some(
+                    ListenerTimeout::Http(t) | ListenerTimeout::Http2(t) | ListenerTimeout::Grpc(t),
+                ),
                 _,
             ) => http_timeouts(Some(t)),
             _ => http_timeouts(None),
@@ -186,12 +231,14 @@ impl<'a> Compiler<'a> {
                 max_pending_requests: h.max_pending_requests.map(count),
                 max_requests: None,
             },
-            Some(ConnectionPoolSpec::Http2(h) | ConnectionPoolSpec::Grpc(h)) => {
-                ConnectionPool { max_requests: Some(count(h.max_requests)), ..ConnectionPool::default() }
-            }
-            Some(ConnectionPoolSpec::Tcp(t)) => {
-                ConnectionPool { max_connections: Some(count(t.max_connections)), ..ConnectionPool::default() }
-            }
+            Some(ConnectionPoolSpec::Http2(h) | ConnectionPoolSpec::Grpc(h)) => ConnectionPool {
+                max_requests: Some(count(h.max_requests)),
+                ..ConnectionPool::default()
+            },
+            Some(ConnectionPoolSpec::Tcp(t)) => ConnectionPool {
+                max_connections: Some(count(t.max_connections)),
+                ..ConnectionPool::default()
+            },
             None => ConnectionPool::default(),
         };
         NodeListener {
@@ -205,42 +252,70 @@ impl<'a> Compiler<'a> {
 
     fn backend(&mut self, from: &Resource, service: &str) -> Option<VirtualService> {
         let Some(vs) = self.find(Kind::VirtualService, None, service) else {
-            self.problems.push(from.error("spec.backends", format!("virtual service \"{service}\" does not exist")));
+            self.problems.push(from.error(
+                "spec.backends",
+                format!("virtual service \"{service}\" does not exist"),
+            ));
             return None;
         };
-        let Spec::VirtualService(spec) = &vs.spec else { return None };
+        let Spec::VirtualService(spec) = &vs.spec else {
+            return None;
+        };
         let provider = match &spec.provider {
-            None => Provider::Node { node: String::new(), clusters: Vec::new() },
+            None => Provider::Node {
+                node: String::new(),
+                clusters: Vec::new(),
+            },
             Some(VirtualServiceProvider::VirtualNode(p)) => {
                 let name = &p.virtual_node_name;
-                let ports: Vec<u16> = match self.find(Kind::VirtualNode, None, name).map(|r| &r.spec) {
-                    Some(Spec::VirtualNode(n)) => n.listeners.iter().map(|l| port(l.port_mapping.port)).collect(),
-                    _ => {
-                        self.problems.push(vs.error(
-                            "spec.provider.virtualNode.virtualNodeName",
-                            format!("virtual node \"{name}\" does not exist"),
-                        ));
-                        return None;
-                    }
-                };
-                let clusters = ports.into_iter().filter_map(|p| self.cluster(vs, name, Some(p))).collect();
-                Provider::Node { node: name.clone(), clusters }
+                let ports: Vec<u16> =
+                    match self.find(Kind::VirtualNode, None, name).map(|r| &r.spec) {
+                        Some(Spec::VirtualNode(n)) => n
+                            .listeners
+                            .iter()
+                            .map(|l| port(l.port_mapping.port))
+                            .collect(),
+                        _ => {
+                            self.problems.push(vs.error(
+                                "spec.provider.virtualNode.virtualNodeName",
+                                format!("virtual node \"{name}\" does not exist"),
+                            ));
+                            return None;
+                        }
+                    };
+                let clusters = ports
+                    .into_iter()
+                    .filter_map(|p| self.cluster(vs, name, Some(p)))
+                    .collect();
+                Provider::Node {
+                    node: name.clone(),
+                    clusters,
+                }
             }
-            Some(VirtualServiceProvider::VirtualRouter(p)) => Provider::Router(self.router(vs, &p.virtual_router_name)?),
+            Some(VirtualServiceProvider::VirtualRouter(p)) => {
+                Provider::Router(self.router(vs, &p.virtual_router_name)?)
+            }
         };
-        Some(VirtualService { name: Arc::from(service), provider })
+        Some(VirtualService {
+            name: Arc::from(service),
+            provider,
+        })
     }
 
     fn router(&mut self, vs: &Resource, name: &str) -> Option<Router> {
-        let Some(Spec::VirtualRouter(spec)) = self.find(Kind::VirtualRouter, None, name).map(|r| &r.spec) else {
+        let Some(Spec::VirtualRouter(spec)) =
+            self.find(Kind::VirtualRouter, None, name).map(|r| &r.spec)
+        else {
             self.problems.push(vs.error(
                 "spec.provider.virtualRouter.virtualRouterName",
                 format!("virtual router \"{name}\" does not exist"),
             ));
             return None;
         };
-        let routes: Vec<&'a Resource> =
-            self.in_mesh(Kind::Route).filter(|r| r.parent.as_deref() == Some(name)).collect();
+        let routes: Vec<&'a Resource> = self
+            .in_mesh(Kind::Route)
+            .filter(|r| r.parent.as_deref() == Some(name))
+            .collect();
         let mut listeners = Vec::new();
         for l in &spec.listeners {
             let lport = port(l.port_mapping.port);
@@ -251,27 +326,67 @@ impl<'a> Compiler<'a> {
                     table.push(route);
                 }
             }
-            listeners.push(RouterListener { port: lport, protocol: lproto, routes: RouteTable::new(table) });
+            listeners.push(RouterListener {
+                port: lport,
+                protocol: lproto,
+                routes: RouteTable::new(table),
+            });
         }
-        Some(Router { name: name.to_owned(), listeners })
+        Some(Router {
+            name: name.to_owned(),
+            listeners,
+        })
     }
 
     /// The route compiled for one router listener, or `None` when it belongs to another.
     fn route(&mut self, r: &Resource, lport: u16, lproto: Protocol) -> Option<Route<RouteAction>> {
-        let Spec::Route(spec) = &r.spec else { return None };
-        let (proto, mport, action, matcher, timeouts, retry) = if let Some(h) = spec.http_route.as_ref() {
-            (Protocol::Http, h.match_.port, &h.action, None, http_timeouts(h.timeout.as_ref()), retry(h.retry_policy.as_ref()))
-        } else if let Some(h) = spec.http2_route.as_ref() {
-            (Protocol::Http2, h.match_.port, &h.action, None, http_timeouts(h.timeout.as_ref()), retry(h.retry_policy.as_ref()))
-        } else if let Some(g) = spec.grpc_route.as_ref() {
-            (Protocol::Grpc, g.match_.port, &g.action, None, http_timeouts(g.timeout.as_ref()), retry(g.retry_policy.as_ref()))
-        } else if let Some(t) = spec.tcp_route.as_ref() {
-            let mport = t.match_.as_ref().and_then(|m| m.port);
-            let timeouts = tcp_timeouts(t.timeout.as_ref().and_then(|t| t.idle.as_ref()));
-            (Protocol::Tcp, mport, &t.action, Some(RouteMatch::Tcp(TcpMatch { port: mport.map(port) })), timeouts, RetryPolicy::IMPLICIT)
-        } else {
+        let Spec::Route(spec) = &r.spec else {
             return None;
         };
+        let (proto, mport, action, matcher, timeouts, retry) =
+            if let Some(h) = spec.http_route.as_ref() {
+                (
+                    Protocol::Http,
+                    h.match_.port,
+                    &h.action,
+                    None,
+                    http_timeouts(h.timeout.as_ref()),
+                    retry(h.retry_policy.as_ref()),
+                )
+            } else if let Some(h) = spec.http2_route.as_ref() {
+                (
+                    Protocol::Http2,
+                    h.match_.port,
+                    &h.action,
+                    None,
+                    http_timeouts(h.timeout.as_ref()),
+                    retry(h.retry_policy.as_ref()),
+                )
+            } else if let Some(g) = spec.grpc_route.as_ref() {
+                (
+                    Protocol::Grpc,
+                    g.match_.port,
+                    &g.action,
+                    None,
+                    http_timeouts(g.timeout.as_ref()),
+                    retry(g.retry_policy.as_ref()),
+                )
+            } else if let Some(t) = spec.tcp_route.as_ref() {
+                let mport = t.match_.as_ref().and_then(|m| m.port);
+                let timeouts = tcp_timeouts(t.timeout.as_ref().and_then(|t| t.idle.as_ref()));
+                (
+                    Protocol::Tcp,
+                    mport,
+                    &t.action,
+                    Some(RouteMatch::Tcp(TcpMatch {
+                        port: mport.map(port),
+                    })),
+                    timeouts,
+                    RetryPolicy::IMPLICIT,
+                )
+            } else {
+                return None;
+            };
         if proto != lproto || mport.is_some_and(|p| port(p) != lport) {
             return None;
         }
@@ -291,8 +406,17 @@ impl<'a> Compiler<'a> {
             targets.push((id, u32::try_from(t.weight).unwrap_or(0)));
         }
         let priority = spec.priority.and_then(|p| u16::try_from(p).ok());
-        let action = RouteAction { targets: WeightedTargets::new(targets), timeouts, retry };
-        Some(Route { name: Arc::from(r.name.as_str()), priority, matcher, action })
+        let action = RouteAction {
+            targets: WeightedTargets::new(targets),
+            timeouts,
+            retry,
+        };
+        Some(Route {
+            name: Arc::from(r.name.as_str()),
+            priority,
+            matcher,
+            action,
+        })
     }
 
     fn route_match(&self, r: &Resource, spec: &model::RouteSpec) -> Result<RouteMatch, Problem> {
@@ -300,20 +424,30 @@ impl<'a> Compiler<'a> {
             .http_route
             .as_ref()
             .map(|h| ("spec.httpRoute.match", h))
-            .or(spec.http2_route.as_ref().map(|h| ("spec.http2Route.match", h)))
+            .or(spec
+                .http2_route
+                .as_ref()
+                .map(|h| ("spec.http2Route.match", h)))
         {
             let m = &h.match_;
             let path = match (&m.prefix, &m.path) {
                 (Some(p), _) => Some(PathMatch::Prefix(p.clone())),
                 (None, Some(p)) => match (&p.exact, &p.regex) {
                     (Some(e), _) => Some(PathMatch::Exact(e.clone())),
-                    (None, Some(re)) => Some(PathMatch::Regex(regex(r, &format!("{base}.path.regex"), re)?)),
+                    (None, Some(re)) => Some(PathMatch::Regex(regex(
+                        r,
+                        &format!("{base}.path.regex"),
+                        re,
+                    )?)),
                     (None, None) => None,
                 },
                 (None, None) => None,
             };
             let method = match m.method {
-                Some(meth) => Some(http::Method::from_bytes(method_name(meth).as_bytes()).map_err(|e| r.error(format!("{base}.method"), e.to_string()))?),
+                Some(meth) => Some(
+                    http::Method::from_bytes(method_name(meth).as_bytes())
+                        .map_err(|e| r.error(format!("{base}.method"), e.to_string()))?,
+                ),
                 None => None,
             };
             return Ok(RouteMatch::Http(HttpMatch {
@@ -327,7 +461,10 @@ impl<'a> Compiler<'a> {
                 query: m
                     .query_parameters
                     .iter()
-                    .map(|q| QueryMatch { name: q.name.clone(), exact: q.match_.as_ref().and_then(|x| x.exact.clone()) })
+                    .map(|q| QueryMatch {
+                        name: q.name.clone(),
+                        exact: q.match_.as_ref().and_then(|x| x.exact.clone()),
+                    })
                     .collect(),
                 port: m.port.map(port),
                 hostname: m.hostname.as_ref().and_then(host_match),
@@ -351,19 +488,27 @@ impl<'a> Compiler<'a> {
     /// The cluster for `(node, port)`, created on first use. `port: None` means the node's
     /// only listener.
     fn cluster(&mut self, from: &Resource, node: &str, want: Option<u16>) -> Option<ClusterId> {
-        let Some(Spec::VirtualNode(spec)) = self.find(Kind::VirtualNode, None, node).map(|r| &r.spec) else {
-            self.problems.push(from.error("spec", format!("virtual node \"{node}\" does not exist")));
+        let Some(Spec::VirtualNode(spec)) =
+            self.find(Kind::VirtualNode, None, node).map(|r| &r.spec)
+        else {
+            self.problems
+                .push(from.error("spec", format!("virtual node \"{node}\" does not exist")));
             return None;
         };
         let listener = match want {
-            Some(p) => spec.listeners.iter().find(|l| port(l.port_mapping.port) == p),
+            Some(p) => spec
+                .listeners
+                .iter()
+                .find(|l| port(l.port_mapping.port) == p),
             None if spec.listeners.len() == 1 => spec.listeners.first(),
             None => None,
         };
         let Some(listener) = listener else {
             let reason = match want {
                 Some(p) => format!("virtual node \"{node}\" has no listener on port {p}"),
-                None => format!("virtual node \"{node}\" needs exactly one listener, or a target port"),
+                None => {
+                    format!("virtual node \"{node}\" needs exactly one listener, or a target port")
+                }
             };
             self.problems.push(from.error("spec", reason));
             return None;
@@ -389,12 +534,16 @@ impl<'a> Compiler<'a> {
                 healthy_threshold: count(hc.healthy_threshold),
                 unhealthy_threshold: count(hc.unhealthy_threshold),
             }),
-            outlier_detection: listener.outlier_detection.as_ref().map(|od| OutlierDetection {
-                max_server_errors: count(od.max_server_errors),
-                interval: to_duration(&od.interval).unwrap_or_default(),
-                base_ejection_duration: to_duration(&od.base_ejection_duration).unwrap_or_default(),
-                max_ejection_percent: u32::try_from(od.max_ejection_percent).unwrap_or(0),
-            }),
+            outlier_detection: listener
+                .outlier_detection
+                .as_ref()
+                .map(|od| OutlierDetection {
+                    max_server_errors: count(od.max_server_errors),
+                    interval: to_duration(&od.interval).unwrap_or_default(),
+                    base_ejection_duration: to_duration(&od.base_ejection_duration)
+                        .unwrap_or_default(),
+                    max_ejection_percent: u32::try_from(od.max_ejection_percent).unwrap_or(0),
+                }),
         };
         self.clusters.push(cluster);
         self.interned.insert((node.to_owned(), lport), id);
@@ -442,7 +591,10 @@ fn millis(ms: i64) -> std::time::Duration {
 }
 
 /// A configured timeout: absent → `default`, `0` → disabled (`None`).
-fn timeout(d: Option<&model::Duration>, default: std::time::Duration) -> Option<std::time::Duration> {
+fn timeout(
+    d: Option<&model::Duration>,
+    default: std::time::Duration,
+) -> Option<std::time::Duration> {
     match d {
         None => Some(default),
         Some(d) => to_duration(d).filter(|t| !t.is_zero()),
@@ -451,18 +603,26 @@ fn timeout(d: Option<&model::Duration>, default: std::time::Duration) -> Option<
 
 fn http_timeouts(t: Option<&HttpTimeout>) -> Timeouts {
     Timeouts {
-        per_request: timeout(t.and_then(|t| t.per_request.as_ref()), DEFAULT_PER_REQUEST_TIMEOUT),
+        per_request: timeout(
+            t.and_then(|t| t.per_request.as_ref()),
+            DEFAULT_PER_REQUEST_TIMEOUT,
+        ),
         idle: timeout(t.and_then(|t| t.idle.as_ref()), DEFAULT_IDLE_TIMEOUT),
     }
 }
 
 /// TCP has no per-request timeout, only idle.
 fn tcp_timeouts(idle: Option<&model::Duration>) -> Timeouts {
-    Timeouts { per_request: None, idle: timeout(idle, DEFAULT_IDLE_TIMEOUT) }
+    Timeouts {
+        per_request: None,
+        idle: timeout(idle, DEFAULT_IDLE_TIMEOUT),
+    }
 }
 
 fn retry(spec: Option<&RetryPolicySpec>) -> RetryPolicy {
-    let Some(spec) = spec else { return RetryPolicy::IMPLICIT };
+    let Some(spec) = spec else {
+        return RetryPolicy::IMPLICIT;
+    };
     let http_events = spec.http_retry_events.iter().fold(0, |acc, e| {
         acc | match e {
             model::HttpRetryEvent::ServerError => http_retry::SERVER_ERROR,
@@ -482,7 +642,11 @@ fn retry(spec: Option<&RetryPolicySpec>) -> RetryPolicy {
     });
     RetryPolicy {
         max_retries: count(spec.max_retries.unwrap_or(0)),
-        per_retry_timeout: spec.per_retry_timeout.as_ref().and_then(to_duration).filter(|d| !d.is_zero()),
+        per_retry_timeout: spec
+            .per_retry_timeout
+            .as_ref()
+            .and_then(to_duration)
+            .filter(|d| !d.is_zero()),
         http_events,
         grpc_events,
         connection_error: !spec.tcp_retry_events.is_empty(),
@@ -516,40 +680,79 @@ fn ip_preference(p: Option<IpPreferenceSpec>) -> IpPreference {
 
 /// Compiles a pattern anchored at both ends, so alternations match whole values.
 fn regex(r: &Resource, path: &str, pattern: &str) -> Result<regex::Regex, Problem> {
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| r.error(path, format!("invalid regex: {e}")))
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| r.error(path, format!("invalid regex: {e}")))
 }
 
-fn string_match(r: &Resource, path: &str, m: &model::HeaderMatchMethod) -> Result<StringMatch, Problem> {
+fn string_match(
+    r: &Resource,
+    path: &str,
+    m: &model::HeaderMatchMethod,
+) -> Result<StringMatch, Problem> {
     Ok(match m {
         model::HeaderMatchMethod::Exact(s) => StringMatch::Exact(s.clone()),
         model::HeaderMatchMethod::Prefix(s) => StringMatch::Prefix(s.clone()),
         model::HeaderMatchMethod::Suffix(s) => StringMatch::Suffix(s.clone()),
-        model::HeaderMatchMethod::Regex(s) => StringMatch::Regex(regex(r, &format!("{path}.regex"), s)?),
-        model::HeaderMatchMethod::Range(range) => StringMatch::Range { start: range.start, end: range.end },
+        model::HeaderMatchMethod::Regex(s) => {
+            StringMatch::Regex(regex(r, &format!("{path}.regex"), s)?)
+        }
+        model::HeaderMatchMethod::Range(range) => StringMatch::Range {
+            start: range.start,
+            end: range.end,
+        },
     })
 }
 
-fn headers(r: &Resource, path: &str, specs: &[HeaderMatchSpec]) -> Result<Vec<HeaderMatch>, Problem> {
+fn headers(
+    r: &Resource,
+    path: &str,
+    specs: &[HeaderMatchSpec],
+) -> Result<Vec<HeaderMatch>, Problem> {
     specs
         .iter()
         .enumerate()
         .map(|(i, h)| {
             let p = format!("{path}[{i}]");
             let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| r.error(format!("{p}.name"), format!("\"{}\" is not a valid header name", h.name)))?;
-            let matcher = h.match_.as_ref().map(|m| string_match(r, &format!("{p}.match"), m)).transpose()?;
-            Ok(HeaderMatch { name, matcher, invert: h.invert.unwrap_or(false) })
+                .map_err(|_| {
+                    r.error(
+                        format!("{p}.name"),
+                        format!("\"{}\" is not a valid header name", h.name),
+                    )
+                })?;
+            let matcher = h
+                .match_
+                .as_ref()
+                .map(|m| string_match(r, &format!("{p}.match"), m))
+                .transpose()?;
+            Ok(HeaderMatch {
+                name,
+                matcher,
+                invert: h.invert.unwrap_or(false),
+            })
         })
         .collect()
 }
 
-fn cookies(r: &Resource, path: &str, specs: &[HeaderMatchSpec]) -> Result<Vec<CookieMatch>, Problem> {
+fn cookies(
+    r: &Resource,
+    path: &str,
+    specs: &[HeaderMatchSpec],
+) -> Result<Vec<CookieMatch>, Problem> {
     specs
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let matcher = c.match_.as_ref().map(|m| string_match(r, &format!("{path}[{i}].match"), m)).transpose()?;
-            Ok(CookieMatch { name: c.name.clone(), matcher, invert: c.invert.unwrap_or(false) })
+            let matcher = c
+                .match_
+                .as_ref()
+                .map(|m| string_match(r, &format!("{path}[{i}].match"), m))
+                .transpose()?;
+            Ok(CookieMatch {
+                name: c.name.clone(),
+                matcher,
+                invert: c.invert.unwrap_or(false),
+            })
         })
         .collect()
 }
@@ -567,7 +770,14 @@ fn access_log(spec: &VirtualNodeSpec) -> Option<AccessLog> {
     let format = match &f.format {
         None => AccessLogFormat::Default,
         Some(LoggingFormat::Text(t)) => AccessLogFormat::Text(t.clone()),
-        Some(LoggingFormat::Json(kv)) => AccessLogFormat::Json(kv.iter().map(|p| (p.key.clone(), p.value.clone())).collect()),
+        Some(LoggingFormat::Json(kv)) => AccessLogFormat::Json(
+            kv.iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
+        ),
     };
-    Some(AccessLog { path: f.path.clone(), format })
+    Some(AccessLog {
+        path: f.path.clone(),
+        format,
+    })
 }

@@ -47,7 +47,8 @@ pub fn build_from_str(name: &str, text: &str, sel: &Selector) -> Result<Built, V
 fn finish(loaded: Loaded, sel: &Selector) -> Result<Built, Vec<Problem>> {
     let mut problems = loaded.problems;
     problems.extend(validate(&loaded.resources));
-    let (mut errors, warnings): (Vec<Problem>, Vec<Problem>) = problems.into_iter().partition(Problem::is_error);
+    let (mut errors, warnings): (Vec<Problem>, Vec<Problem>) =
+        problems.into_iter().partition(Problem::is_error);
     if !errors.is_empty() {
         // Stable: within one file, the order found is kept.
         errors.sort_by(|a, b| a.file.cmp(&b.file));

@@ -54,6 +54,7 @@ pub struct Resource {
     pub name: String,
     /// `virtualRouterName` of a Route, `virtualGatewayName` of a GatewayRoute.
     pub parent: Option<String>,
+    /// The parsed `spec` (an absent Mesh or VirtualService spec is the empty spec).
     pub spec: Spec,
     /// Stable hash of the resource's canonical content.
     pub digest: u64,
@@ -62,13 +63,16 @@ pub struct Resource {
 /// Every resource that parsed, in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
+    /// In load order: paths as given, files by name, documents and array items in order.
     pub items: Vec<Resource>,
 }
 
 /// What [`load`] read: the resources that parsed and a problem for each one that did not.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
+    /// Every resource that parsed.
     pub resources: Resources,
+    /// One error per file that did not parse and per resource that did not.
     pub problems: Vec<Problem>,
 }
 
@@ -217,7 +221,13 @@ impl Resources {
         let mut names: Vec<&str> = self
             .items
             .iter()
-            .filter_map(|r| if r.kind() == Kind::Mesh { Some(r.name.as_str()) } else { r.mesh.as_deref() })
+            .filter_map(|r| {
+                if r.kind() == Kind::Mesh {
+                    Some(r.name.as_str())
+                } else {
+                    r.mesh.as_deref()
+                }
+            })
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -299,7 +309,8 @@ impl Fnv {
 
 impl Loaded {
     fn file_problem(&mut self, file: &str, reason: impl Into<String>) {
-        self.problems.push(Problem::error(file, "-", "-", "-", reason));
+        self.problems
+            .push(Problem::error(file, "-", "-", "-", reason));
     }
 }
 
@@ -315,7 +326,10 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                         load_file(&file, &mut out);
                     }
                 }
-                Err(e) => out.file_problem(&path.display().to_string(), format!("cannot read directory: {e}")),
+                Err(e) => out.file_problem(
+                    &path.display().to_string(),
+                    format!("cannot read directory: {e}"),
+                ),
             }
         } else {
             load_file(path, &mut out);
@@ -357,7 +371,10 @@ fn load_file(path: &Path, out: &mut Loaded) {
 }
 
 fn load_text(name: &str, text: &str, out: &mut Loaded) {
-    let ext = Path::new(name).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     let json = match ext.as_deref() {
         Some("json") => true,
         Some("yaml" | "yml") => false,
@@ -367,12 +384,21 @@ fn load_text(name: &str, text: &str, out: &mut Loaded) {
         match serde_json::from_str::<Value>(text) {
             Ok(v) => vec![v],
             Err(e) => {
-                out.file_problem(name, format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()));
+                out.file_problem(
+                    name,
+                    format!(
+                        "invalid JSON at line {} column {}: {e}",
+                        e.line(),
+                        e.column()
+                    ),
+                );
                 return;
             }
         }
     } else {
-        match serde_saphyr::from_multiple::<Value>(text) {
+        // YAML 1.2 booleans only: under YAML 1.1 rules a node named `n` or `no` would read as false.
+        let options = serde_saphyr::options! { strict_booleans: true };
+        match serde_saphyr::from_multiple_with_options::<Value>(text, options) {
             Ok(docs) => docs,
             Err(e) => {
                 out.file_problem(name, format!("invalid YAML: {e}"));
@@ -403,13 +429,20 @@ fn push_resource(file: &str, value: &Value, out: &mut Loaded) {
 /// Parses one resource in either CLI shape.
 fn parse_resource(file: &str, value: &Value) -> Result<Resource, Problem> {
     let Some(obj) = value.as_object() else {
-        return Err(Problem::error(file, "-", "-", "-", "expected a resource object"));
+        return Err(Problem::error(
+            file,
+            "-",
+            "-",
+            "-",
+            "expected a resource object",
+        ));
     };
     // describe shape: a single key naming the kind, holding the resource.
     let described = match obj.iter().next() {
-        Some((key, inner)) if obj.len() == 1 && inner.is_object() => {
-            Kind::ALL.into_iter().find(|k| k.describe_key() == key).map(|k| (k, inner))
-        }
+        Some((key, inner)) if obj.len() == 1 && inner.is_object() => Kind::ALL
+            .into_iter()
+            .find(|k| k.describe_key() == key)
+            .map(|k| (k, inner)),
         _ => None,
     };
     let (kind, inner) = match described {
@@ -433,10 +466,15 @@ fn parse_resource(file: &str, value: &Value) -> Result<Resource, Problem> {
         .and_then(Value::as_str)
         .unwrap_or("-")
         .to_owned();
-    let err = |path: String, reason: String| Problem::error(file, kind.as_str(), &guessed_name, path, reason);
+    let err = |path: String, reason: String| {
+        Problem::error(file, kind.as_str(), &guessed_name, path, reason)
+    };
     let env: Envelope = serde_path_to_error::deserialize(inner).map_err(|e| {
         let path = e.path().to_string();
-        err(if path == "." { "-".to_owned() } else { path }, e.into_inner().to_string())
+        err(
+            if path == "." { "-".to_owned() } else { path },
+            e.into_inner().to_string(),
+        )
     })?;
     let missing = |key: &str| err(key.to_owned(), format!("missing field `{key}`"));
     let (name, parent) = match kind {
@@ -444,11 +482,21 @@ fn parse_resource(file: &str, value: &Value) -> Result<Resource, Problem> {
         Kind::VirtualService => (env.virtual_service_name, None),
         Kind::VirtualNode => (env.virtual_node_name, None),
         Kind::VirtualRouter => (env.virtual_router_name, None),
-        Kind::Route => (env.route_name, Some(env.virtual_router_name.ok_or_else(|| missing("virtualRouterName"))?)),
+        Kind::Route => (
+            env.route_name,
+            Some(
+                env.virtual_router_name
+                    .ok_or_else(|| missing("virtualRouterName"))?,
+            ),
+        ),
         Kind::VirtualGateway => (env.virtual_gateway_name, None),
-        Kind::GatewayRoute => {
-            (env.gateway_route_name, Some(env.virtual_gateway_name.ok_or_else(|| missing("virtualGatewayName"))?))
-        }
+        Kind::GatewayRoute => (
+            env.gateway_route_name,
+            Some(
+                env.virtual_gateway_name
+                    .ok_or_else(|| missing("virtualGatewayName"))?,
+            ),
+        ),
     };
     let name = name.ok_or_else(|| missing(kind.name_key()))?;
     if env.spec.is_null() && kind != Kind::Mesh && kind != Kind::VirtualService {
@@ -456,21 +504,40 @@ fn parse_resource(file: &str, value: &Value) -> Result<Resource, Problem> {
     }
     let spec = match kind {
         Kind::Mesh => Spec::Mesh(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
-        Kind::VirtualService => Spec::VirtualService(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
+        Kind::VirtualService => {
+            Spec::VirtualService(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?)
+        }
         Kind::VirtualNode => Spec::VirtualNode(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
-        Kind::VirtualRouter => Spec::VirtualRouter(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
+        Kind::VirtualRouter => {
+            Spec::VirtualRouter(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?)
+        }
         Kind::Route => Spec::Route(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
-        Kind::VirtualGateway => Spec::VirtualGateway(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
-        Kind::GatewayRoute => Spec::GatewayRoute(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?),
+        Kind::VirtualGateway => {
+            Spec::VirtualGateway(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?)
+        }
+        Kind::GatewayRoute => {
+            Spec::GatewayRoute(parse_spec(&env.spec).map_err(|(p, r)| err(p, r))?)
+        }
     };
     let mut h = Fnv::new();
     h.write(kind.as_str().as_bytes());
-    for part in [env.mesh_name.as_deref(), Some(name.as_str()), parent.as_deref()] {
+    for part in [
+        env.mesh_name.as_deref(),
+        Some(name.as_str()),
+        parent.as_deref(),
+    ] {
         h.write(b"|");
         h.write(part.unwrap_or("").as_bytes());
     }
     h.value(&env.spec);
-    Ok(Resource { file: file.to_owned(), mesh: env.mesh_name, name, parent, spec, digest: h.0 })
+    Ok(Resource {
+        file: file.to_owned(),
+        mesh: env.mesh_name,
+        name,
+        parent,
+        spec,
+        digest: h.0,
+    })
 }
 
 /// Parses a spec, returning `(spec.field.path, reason)` on failure. A null spec is an empty one.
@@ -479,7 +546,11 @@ fn parse_spec<T: DeserializeOwned>(spec: &Value) -> Result<T, (String, String)> 
     let spec = if spec.is_null() { &empty } else { spec };
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
+        let path = if path == "." {
+            "spec".to_owned()
+        } else {
+            format!("spec.{path}")
+        };
         (path, e.into_inner().to_string())
     })
 }

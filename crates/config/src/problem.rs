@@ -28,7 +28,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}/{}: {}: ", self.file, self.kind, self.name, self.path)?;
+        write!(
+            f,
+            "{}: {}/{}: {}: ",
+            self.file, self.kind, self.name, self.path
+        )?;
         if self.severity == Severity::Warning {
             f.write_str("warning: ")?;
         }
@@ -63,7 +67,10 @@ impl Problem {
         path: impl Into<String>,
         reason: impl Into<String>,
     ) -> Problem {
-        Problem { severity: Severity::Warning, ..Problem::error(file, kind, name, path, reason) }
+        Problem {
+            severity: Severity::Warning,
+            ..Problem::error(file, kind, name, path, reason)
+        }
     }
 
     /// True for [`Severity::Error`].

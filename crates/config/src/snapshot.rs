@@ -71,7 +71,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { per_request: Some(DEFAULT_PER_REQUEST_TIMEOUT), idle: Some(DEFAULT_IDLE_TIMEOUT) }
+        Timeouts {
+            per_request: Some(DEFAULT_PER_REQUEST_TIMEOUT),
+            idle: Some(DEFAULT_IDLE_TIMEOUT),
+        }
     }
 }
 
@@ -188,7 +191,10 @@ pub enum Provider {
     Router(Router),
     /// A virtual node directly: one cluster per listener of that node (may be empty when the
     /// node has no listener, in which case requests fail with 503 "no healthy upstream").
-    Node { node: String, clusters: Vec<ClusterId> },
+    Node {
+        node: String,
+        clusters: Vec<ClusterId>,
+    },
 }
 
 /// A virtual service this node may call (one of its `backends`).
@@ -223,7 +229,11 @@ pub enum IpPreference {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
     /// `dns.hostname`, or Cloud Map's `serviceName.namespaceName`.
-    Dns { hostname: String, response_type: ResponseType, ip_preference: IpPreference },
+    Dns {
+        hostname: String,
+        response_type: ResponseType,
+        ip_preference: IpPreference,
+    },
     /// The node has no `serviceDiscovery`: it cannot be reached.
     None,
 }

@@ -20,7 +20,11 @@ impl Snapshot {
             Identity::VirtualNode(n) => format!("virtual node {n}"),
             Identity::VirtualGateway(n) => format!("virtual gateway {n}"),
         };
-        let mesh = if self.mesh.is_empty() { "(unnamed)" } else { &self.mesh };
+        let mesh = if self.mesh.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.mesh
+        };
         let _ = writeln!(s, "{who} in mesh {mesh} (config {})", self.hash);
         let filter = match self.egress_filter {
             EgressFilter::AllowAll => "ALLOW_ALL",
@@ -53,7 +57,12 @@ impl Snapshot {
                 }
                 Provider::Node { node, clusters } => {
                     let names: Vec<&str> = clusters.iter().map(|c| self.cluster_name(*c)).collect();
-                    let _ = writeln!(s, "  {}: virtual node {node} -> {}", b.name, names.join(", "));
+                    let _ = writeln!(
+                        s,
+                        "  {}: virtual node {node} -> {}",
+                        b.name,
+                        names.join(", ")
+                    );
                 }
                 Provider::Router(r) => {
                     let _ = writeln!(s, "  {}: virtual router {}", b.name, r.name);
@@ -63,7 +72,10 @@ impl Snapshot {
                             let _ = writeln!(s, "      (no routes)");
                         }
                         for (i, route) in l.routes.routes().iter().enumerate() {
-                            let prio = route.priority.map(|p| format!(" priority {p}")).unwrap_or_default();
+                            let prio = route
+                                .priority
+                                .map(|p| format!(" priority {p}"))
+                                .unwrap_or_default();
                             let _ = writeln!(
                                 s,
                                 "      {}. {}{prio}: {}",
@@ -187,7 +199,11 @@ impl Snapshot {
             .targets
             .iter_all()
             .map(|(c, w)| {
-                let pct = if total == 0 { 0.0 } else { f64::from(w) * 100.0 / total as f64 };
+                let pct = if total == 0 {
+                    0.0
+                } else {
+                    f64::from(w) * 100.0 / total as f64
+                };
                 format!("{} {pct:.0}%", self.cluster_name(*c))
             })
             .collect();
@@ -204,7 +220,11 @@ fn duration(d: Option<Duration>) -> String {
 }
 
 fn timeouts(t: &Timeouts) -> String {
-    format!("request {} idle {}", duration(t.per_request), duration(t.idle))
+    format!(
+        "request {} idle {}",
+        duration(t.per_request),
+        duration(t.idle)
+    )
 }
 
 fn timeouts_json(t: &Timeouts) -> Value {
@@ -216,9 +236,15 @@ fn timeouts_json(t: &Timeouts) -> Value {
 
 fn retry(r: &RetryPolicy) -> String {
     if r.implicit {
-        return format!("implicit ({} on connect failure, reset, 503)", r.max_retries);
+        return format!(
+            "implicit ({} on connect failure, refused stream, 503; idempotent only)",
+            r.max_retries
+        );
     }
-    let per_try = r.per_retry_timeout.map(|d| format!(" per try {}", duration(Some(d)))).unwrap_or_default();
+    let per_try = r
+        .per_retry_timeout
+        .map(|d| format!(" per try {}", duration(Some(d))))
+        .unwrap_or_default();
     format!("{} retries{per_try}", r.max_retries)
 }
 
@@ -301,8 +327,15 @@ fn describe_match(m: &RouteMatch) -> String {
             parts.extend(g.hostname.iter().map(host));
         }
         RouteMatch::Tcp(t) => {
-            parts.push(t.port.map_or_else(|| "any tcp".to_owned(), |p| format!("tcp port {p}")));
+            parts.push(
+                t.port
+                    .map_or_else(|| "any tcp".to_owned(), |p| format!("tcp port {p}")),
+            );
         }
     }
-    if parts.is_empty() { "any".to_owned() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "any".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }

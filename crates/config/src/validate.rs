@@ -16,7 +16,10 @@ use crate::model::{
 /// (path pattern, message). `[]` stands for any index. Remove a row when its feature lands and
 /// the warning disappears everywhere.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("spec.listeners[].tls", "listener TLS is not implemented yet; traffic is plaintext"),
+    (
+        "spec.listeners[].tls",
+        "listener TLS is not implemented yet; traffic is plaintext",
+    ),
     (
         "spec.listeners[].tls.certificate.acm",
         "ACM certificates cannot be read offline; use certificate.file offline",
@@ -25,14 +28,39 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "spec.listeners[].tls.certificate.sds",
         "SDS certificates are not supported; use certificate.file offline",
     ),
-    ("spec.backendDefaults.clientPolicy", "client TLS policy is not implemented yet and is ignored"),
-    ("spec.backends[].virtualService.clientPolicy", "client TLS policy is not implemented yet and is ignored"),
+    (
+        "spec.backendDefaults.clientPolicy",
+        "client TLS policy is not implemented yet and is ignored",
+    ),
+    (
+        "spec.backends[].virtualService.clientPolicy",
+        "client TLS policy is not implemented yet and is ignored",
+    ),
+    (
+        "spec.listeners[].healthCheck",
+        "active health checks are not implemented yet; every discovered endpoint gets traffic",
+    ),
+    (
+        "spec.listeners[].outlierDetection",
+        "outlier detection is not implemented yet; no endpoint is ejected",
+    ),
+    (
+        "spec.listeners[].connectionPool",
+        "connection-pool limits are not enforced yet",
+    ),
+    ("spec.logging.accessLog", "access logs are not written yet"),
     (
         "spec.serviceDiscovery.awsCloudMap.attributes",
         "Cloud Map attributes are ignored: every instance of serviceName.namespaceName is an endpoint",
     ),
-    ("VirtualGateway", "gateway mode is not implemented yet; this resource is checked but not used"),
-    ("GatewayRoute", "gateway mode is not implemented yet; this resource is checked but not used"),
+    (
+        "VirtualGateway",
+        "gateway mode is not implemented yet; this resource is checked but not used",
+    ),
+    (
+        "GatewayRoute",
+        "gateway mode is not implemented yet; this resource is checked but not used",
+    ),
     (
         "match.hostname",
         "extension (not App Mesh): the route matches the request's host; App Mesh would refuse this field",
@@ -75,18 +103,35 @@ struct Ctx<'a> {
 /// found: resources in load order, fields in spec order.
 pub fn validate(res: &Resources) -> Vec<Problem> {
     let several = res.mesh_names().len() > 1;
-    let mut ctx = Ctx { index: HashMap::new(), default_mesh: res.single_mesh(), out: Vec::new() };
+    let mut ctx = Ctx {
+        index: HashMap::new(),
+        default_mesh: res.single_mesh(),
+        out: Vec::new(),
+    };
     let mut first: HashMap<(Kind, &str, &str, &str), &Resource> = HashMap::new();
     for r in &res.items {
         if r.mesh.is_none() && several && r.kind() != Kind::Mesh {
-            ctx.out.push(r.error("meshName", "meshName is required when the files hold several meshes"));
+            ctx.out.push(r.error(
+                "meshName",
+                "meshName is required when the files hold several meshes",
+            ));
             continue;
         }
-        let key = (r.kind(), ctx.mesh_of(r), r.parent.as_deref().unwrap_or(""), r.name.as_str());
+        let key = (
+            r.kind(),
+            ctx.mesh_of(r),
+            r.parent.as_deref().unwrap_or(""),
+            r.name.as_str(),
+        );
         if let Some(prev) = first.get(&key) {
             ctx.out.push(r.error(
                 r.kind().name_key(),
-                format!("duplicate {} \"{}\" (first defined in {})", r.kind(), r.name, prev.file),
+                format!(
+                    "duplicate {} \"{}\" (first defined in {})",
+                    r.kind(),
+                    r.name,
+                    prev.file
+                ),
             ));
             continue;
         }
@@ -103,10 +148,17 @@ pub fn validate(res: &Resources) -> Vec<Problem> {
             Spec::VirtualNode(s) => ctx.node(r, s),
             Spec::VirtualRouter(s) => {
                 if s.listeners.is_empty() {
-                    ctx.out.push(r.error("spec.listeners", "a virtual router needs at least one listener"));
+                    ctx.out.push(r.error(
+                        "spec.listeners",
+                        "a virtual router needs at least one listener",
+                    ));
                 }
                 for (i, l) in s.listeners.iter().enumerate() {
-                    ctx.port_mapping(r, &format!("spec.listeners[{i}].portMapping"), &l.port_mapping);
+                    ctx.port_mapping(
+                        r,
+                        &format!("spec.listeners[{i}].portMapping"),
+                        &l.port_mapping,
+                    );
                 }
             }
             Spec::Route(s) => ctx.route(r, s),
@@ -166,13 +218,21 @@ impl<'a> Ctx<'a> {
 
     fn range(&mut self, r: &Resource, path: &str, value: i64, (lo, hi): (i64, i64)) {
         if value < lo || value > hi {
-            self.err(r, path, format!("{value} is out of range: must be {lo}–{hi}"));
+            self.err(
+                r,
+                path,
+                format!("{value} is out of range: must be {lo}–{hi}"),
+            );
         }
     }
 
     fn at_least_one(&mut self, r: &Resource, path: &str, value: i64) {
         if value < 1 {
-            self.err(r, path, format!("{value} is out of range: must be at least 1"));
+            self.err(
+                r,
+                path,
+                format!("{value} is out of range: must be at least 1"),
+            );
         }
     }
 
@@ -197,32 +257,58 @@ impl<'a> Ctx<'a> {
 
     fn regex(&mut self, r: &Resource, path: &str, pattern: &str) {
         if pattern.len() > MAX_PATH_LEN {
-            self.err(r, path, format!("regex is {} characters long: at most {MAX_PATH_LEN}", pattern.len()));
+            self.err(
+                r,
+                path,
+                format!(
+                    "regex is {} characters long: at most {MAX_PATH_LEN}",
+                    pattern.len()
+                ),
+            );
         }
         if let Err(e) = regex::Regex::new(pattern) {
-            self.err(r, path, format!("invalid regex: {}", e.to_string().replace('\n', " ")));
+            self.err(
+                r,
+                path,
+                format!("invalid regex: {}", e.to_string().replace('\n', " ")),
+            );
         }
     }
 
     fn service(&mut self, r: &'a Resource, provider: Option<&VirtualServiceProvider>) {
         let mesh = self.mesh_of(r);
         match provider {
-            None => self.out.push(r.warning("spec.provider", "no provider: requests to this service fail with 503")),
+            None => self.out.push(r.warning(
+                "spec.provider",
+                "no provider: requests to this service fail with 503",
+            )),
             Some(VirtualServiceProvider::VirtualNode(p)) => {
-                if self.find(Kind::VirtualNode, mesh, "", &p.virtual_node_name).is_none() {
+                if self
+                    .find(Kind::VirtualNode, mesh, "", &p.virtual_node_name)
+                    .is_none()
+                {
                     self.err(
                         r,
                         "spec.provider.virtualNode.virtualNodeName",
-                        format!("virtual node \"{}\" does not exist in mesh \"{mesh}\"", p.virtual_node_name),
+                        format!(
+                            "virtual node \"{}\" does not exist in mesh \"{mesh}\"",
+                            p.virtual_node_name
+                        ),
                     );
                 }
             }
             Some(VirtualServiceProvider::VirtualRouter(p)) => {
-                if self.find(Kind::VirtualRouter, mesh, "", &p.virtual_router_name).is_none() {
+                if self
+                    .find(Kind::VirtualRouter, mesh, "", &p.virtual_router_name)
+                    .is_none()
+                {
                     self.err(
                         r,
                         "spec.provider.virtualRouter.virtualRouterName",
-                        format!("virtual router \"{}\" does not exist in mesh \"{mesh}\"", p.virtual_router_name),
+                        format!(
+                            "virtual router \"{}\" does not exist in mesh \"{mesh}\"",
+                            p.virtual_router_name
+                        ),
                     );
                 }
             }
@@ -231,20 +317,37 @@ impl<'a> Ctx<'a> {
 
     fn node(&mut self, r: &'a Resource, s: &VirtualNodeSpec) {
         let mesh = self.mesh_of(r);
-        if s.backend_defaults.as_ref().is_some_and(|b| b.client_policy.is_some()) {
-            self.warn(r, "spec.backendDefaults.clientPolicy", "spec.backendDefaults.clientPolicy");
+        if s.backend_defaults
+            .as_ref()
+            .is_some_and(|b| b.client_policy.is_some())
+        {
+            self.warn(
+                r,
+                "spec.backendDefaults.clientPolicy",
+                "spec.backendDefaults.clientPolicy",
+            );
         }
         for (i, b) in s.backends.iter().enumerate() {
             let crate::model::Backend::VirtualService(vs) = b;
             let p = format!("spec.backends[{i}].virtualService");
             if vs.client_policy.is_some() {
-                self.warn(r, "spec.backends[].virtualService.clientPolicy", &format!("{p}.clientPolicy"));
+                self.warn(
+                    r,
+                    "spec.backends[].virtualService.clientPolicy",
+                    &format!("{p}.clientPolicy"),
+                );
             }
-            if self.find(Kind::VirtualService, mesh, "", &vs.virtual_service_name).is_none() {
+            if self
+                .find(Kind::VirtualService, mesh, "", &vs.virtual_service_name)
+                .is_none()
+            {
                 self.err(
                     r,
                     format!("{p}.virtualServiceName"),
-                    format!("virtual service \"{}\" does not exist in mesh \"{mesh}\"", vs.virtual_service_name),
+                    format!(
+                        "virtual service \"{}\" does not exist in mesh \"{mesh}\"",
+                        vs.virtual_service_name
+                    ),
                 );
             }
         }
@@ -253,22 +356,46 @@ impl<'a> Ctx<'a> {
             let p = format!("spec.listeners[{i}]");
             self.port_mapping(r, &format!("{p}.portMapping"), &l.port_mapping);
             if ports.contains(&l.port_mapping.port) {
-                self.err(r, format!("{p}.portMapping.port"), format!("port {} is used by another listener", l.port_mapping.port));
+                self.err(
+                    r,
+                    format!("{p}.portMapping.port"),
+                    format!("port {} is used by another listener", l.port_mapping.port),
+                );
             }
             ports.push(l.port_mapping.port);
             let proto = l.port_mapping.protocol;
             if let Some(hc) = &l.health_check {
                 self.health_check(r, &format!("{p}.healthCheck"), hc);
+                self.warn(
+                    r,
+                    "spec.listeners[].healthCheck",
+                    &format!("{p}.healthCheck"),
+                );
             }
             if let Some(od) = &l.outlier_detection {
                 let q = format!("{p}.outlierDetection");
+                self.warn(r, "spec.listeners[].outlierDetection", &q);
                 self.at_least_one(r, &format!("{q}.maxServerErrors"), od.max_server_errors);
-                self.range(r, &format!("{q}.maxEjectionPercent"), od.max_ejection_percent, (0, 100));
+                self.range(
+                    r,
+                    &format!("{q}.maxEjectionPercent"),
+                    od.max_ejection_percent,
+                    (0, 100),
+                );
                 self.duration(r, &format!("{q}.interval"), &od.interval);
-                self.duration(r, &format!("{q}.baseEjectionDuration"), &od.base_ejection_duration);
+                self.duration(
+                    r,
+                    &format!("{q}.baseEjectionDuration"),
+                    &od.base_ejection_duration,
+                );
             }
             if let Some(pool) = &l.connection_pool {
                 self.connection_pool(r, &format!("{p}.connectionPool"), pool, proto);
+                self.warn(
+                    r,
+                    "spec.listeners[].connectionPool",
+                    &format!("{p}.connectionPool"),
+                );
             }
             if let Some(t) = &l.timeout {
                 self.listener_timeout(r, &format!("{p}.timeout"), t, proto);
@@ -287,15 +414,22 @@ impl<'a> Ctx<'a> {
                     self.warn(r, path, path);
                 }
                 if c.service_name.is_empty() || c.namespace_name.is_empty() {
-                    self.err(r, "spec.serviceDiscovery.awsCloudMap", "serviceName and namespaceName must not be empty");
+                    self.err(
+                        r,
+                        "spec.serviceDiscovery.awsCloudMap",
+                        "serviceName and namespaceName must not be empty",
+                    );
                 }
             }
             _ => {}
         }
-        if let Some(crate::model::AccessLogSpec::File(f)) = s.logging.as_ref().and_then(|l| l.access_log.as_ref())
-            && f.path.trim().is_empty()
+        if let Some(crate::model::AccessLogSpec::File(f)) =
+            s.logging.as_ref().and_then(|l| l.access_log.as_ref())
         {
-            self.err(r, "spec.logging.accessLog.file.path", "path is empty");
+            if f.path.trim().is_empty() {
+                self.err(r, "spec.logging.accessLog.file.path", "path is empty");
+            }
+            self.warn(r, "spec.logging.accessLog", "spec.logging.accessLog");
         }
     }
 
@@ -303,29 +437,67 @@ impl<'a> Ctx<'a> {
         self.warn(r, "spec.listeners[].tls", path);
         match &tls.certificate {
             ListenerTlsCertificate::Acm(_) => {
-                self.warn(r, "spec.listeners[].tls.certificate.acm", &format!("{path}.certificate.acm"));
+                self.warn(
+                    r,
+                    "spec.listeners[].tls.certificate.acm",
+                    &format!("{path}.certificate.acm"),
+                );
             }
             ListenerTlsCertificate::Sds(_) => {
-                self.warn(r, "spec.listeners[].tls.certificate.sds", &format!("{path}.certificate.sds"));
+                self.warn(
+                    r,
+                    "spec.listeners[].tls.certificate.sds",
+                    &format!("{path}.certificate.sds"),
+                );
             }
             ListenerTlsCertificate::File(_) => {}
         }
     }
 
     fn health_check(&mut self, r: &Resource, path: &str, hc: &HealthCheckPolicy) {
-        self.range(r, &format!("{path}.intervalMillis"), hc.interval_millis, HEALTH_INTERVAL_MS);
-        self.range(r, &format!("{path}.timeoutMillis"), hc.timeout_millis, HEALTH_TIMEOUT_MS);
-        self.range(r, &format!("{path}.healthyThreshold"), hc.healthy_threshold, HEALTH_THRESHOLD);
-        self.range(r, &format!("{path}.unhealthyThreshold"), hc.unhealthy_threshold, HEALTH_THRESHOLD);
+        self.range(
+            r,
+            &format!("{path}.intervalMillis"),
+            hc.interval_millis,
+            HEALTH_INTERVAL_MS,
+        );
+        self.range(
+            r,
+            &format!("{path}.timeoutMillis"),
+            hc.timeout_millis,
+            HEALTH_TIMEOUT_MS,
+        );
+        self.range(
+            r,
+            &format!("{path}.healthyThreshold"),
+            hc.healthy_threshold,
+            HEALTH_THRESHOLD,
+        );
+        self.range(
+            r,
+            &format!("{path}.unhealthyThreshold"),
+            hc.unhealthy_threshold,
+            HEALTH_THRESHOLD,
+        );
         if let Some(port) = hc.port {
             self.port(r, &format!("{path}.port"), port);
         }
         if hc.protocol.is_http_like() && hc.path.as_deref().is_none_or(str::is_empty) {
-            self.err(r, format!("{path}.path"), "an HTTP health check needs a path");
+            self.err(
+                r,
+                format!("{path}.path"),
+                "an HTTP health check needs a path",
+            );
         }
     }
 
-    fn connection_pool(&mut self, r: &Resource, path: &str, pool: &ConnectionPoolSpec, proto: PortProtocol) {
+    fn connection_pool(
+        &mut self,
+        r: &Resource,
+        path: &str,
+        pool: &ConnectionPoolSpec,
+        proto: PortProtocol,
+    ) {
         let (kind, p) = match pool {
             ConnectionPoolSpec::Http(h) => {
                 self.at_least_one(r, &format!("{path}.http.maxConnections"), h.max_connections);
@@ -351,12 +523,21 @@ impl<'a> Ctx<'a> {
             self.err(
                 r,
                 format!("{path}.{kind}"),
-                format!("a {kind} connection pool on a {} listener: the kinds must match", protocol(proto).as_str()),
+                format!(
+                    "a {kind} connection pool on a {} listener: the kinds must match",
+                    protocol(proto).as_str()
+                ),
             );
         }
     }
 
-    fn listener_timeout(&mut self, r: &Resource, path: &str, t: &ListenerTimeout, proto: PortProtocol) {
+    fn listener_timeout(
+        &mut self,
+        r: &Resource,
+        path: &str,
+        t: &ListenerTimeout,
+        proto: PortProtocol,
+    ) {
         let (kind, p) = match t {
             ListenerTimeout::Http(h) => {
                 self.http_timeout(r, &format!("{path}.http"), h);
@@ -381,7 +562,10 @@ impl<'a> Ctx<'a> {
             self.err(
                 r,
                 format!("{path}.{kind}"),
-                format!("a {kind} timeout on a {} listener: the kinds must match", protocol(proto).as_str()),
+                format!(
+                    "a {kind} timeout on a {} listener: the kinds must match",
+                    protocol(proto).as_str()
+                ),
             );
         }
     }
@@ -400,7 +584,11 @@ impl<'a> Ctx<'a> {
         let router_name = r.parent.as_deref().unwrap_or("");
         let router = self.find(Kind::VirtualRouter, mesh, "", router_name);
         if router.is_none() {
-            self.err(r, "virtualRouterName", format!("virtual router \"{router_name}\" does not exist in mesh \"{mesh}\""));
+            self.err(
+                r,
+                "virtualRouterName",
+                format!("virtual router \"{router_name}\" does not exist in mesh \"{mesh}\""),
+            );
         }
         if let Some(p) = s.priority {
             self.range(r, "spec.priority", p, (0, MAX_PRIORITY));
@@ -415,13 +603,28 @@ impl<'a> Ctx<'a> {
         }
         let (base, proto, port, action) = if let Some(h) = &s.http_route {
             self.http_route(r, "spec.httpRoute", h);
-            ("spec.httpRoute", PortProtocol::Http, h.match_.port, &h.action)
+            (
+                "spec.httpRoute",
+                PortProtocol::Http,
+                h.match_.port,
+                &h.action,
+            )
         } else if let Some(h) = &s.http2_route {
             self.http_route(r, "spec.http2Route", h);
-            ("spec.http2Route", PortProtocol::Http2, h.match_.port, &h.action)
+            (
+                "spec.http2Route",
+                PortProtocol::Http2,
+                h.match_.port,
+                &h.action,
+            )
         } else if let Some(g) = &s.grpc_route {
             self.grpc_route(r, g);
-            ("spec.grpcRoute", PortProtocol::Grpc, g.match_.port, &g.action)
+            (
+                "spec.grpcRoute",
+                PortProtocol::Grpc,
+                g.match_.port,
+                &g.action,
+            )
         } else if let Some(t) = &s.tcp_route {
             let port = t.match_.as_ref().and_then(|m| m.port);
             if let Some(idle) = t.timeout.as_ref().and_then(|t| t.idle.as_ref()) {
@@ -450,12 +653,21 @@ impl<'a> Ctx<'a> {
         router_name: &str,
         rs: &crate::model::VirtualRouterSpec,
     ) {
-        let ports = || rs.listeners.iter().map(|l| l.port_mapping.port.to_string()).collect::<Vec<_>>().join(", ");
+        let ports = || {
+            rs.listeners
+                .iter()
+                .map(|l| l.port_mapping.port.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let listener = match port {
             Some(p) => match rs.listeners.iter().find(|l| l.port_mapping.port == p) {
                 Some(l) => l,
                 None => {
-                    let msg = format!("port {p} is not a listener port of virtual router \"{router_name}\" ({})", ports());
+                    let msg = format!(
+                        "port {p} is not a listener port of virtual router \"{router_name}\" ({})",
+                        ports()
+                    );
                     self.err(r, format!("{base}.match.port"), msg);
                     return;
                 }
@@ -491,7 +703,11 @@ impl<'a> Ctx<'a> {
     fn action(&mut self, r: &Resource, path: &str, action: &RouteActionSpec, mesh: &'a str) {
         let n = action.weighted_targets.len();
         if n == 0 || n > MAX_WEIGHTED_TARGETS {
-            self.err(r, format!("{path}.weightedTargets"), format!("{n} weighted targets: must be 1–{MAX_WEIGHTED_TARGETS}"));
+            self.err(
+                r,
+                format!("{path}.weightedTargets"),
+                format!("{n} weighted targets: must be 1–{MAX_WEIGHTED_TARGETS}"),
+            );
         }
         for (i, t) in action.weighted_targets.iter().enumerate() {
             let p = format!("{path}.weightedTargets[{i}]");
@@ -500,22 +716,41 @@ impl<'a> Ctx<'a> {
                 self.port(r, &format!("{p}.port"), port);
             }
             let Some(node) = self.find(Kind::VirtualNode, mesh, "", &t.virtual_node) else {
-                self.err(r, format!("{p}.virtualNode"), format!("virtual node \"{}\" does not exist in mesh \"{mesh}\"", t.virtual_node));
+                self.err(
+                    r,
+                    format!("{p}.virtualNode"),
+                    format!(
+                        "virtual node \"{}\" does not exist in mesh \"{mesh}\"",
+                        t.virtual_node
+                    ),
+                );
                 continue;
             };
-            let Spec::VirtualNode(ns) = &node.spec else { continue };
+            let Spec::VirtualNode(ns) = &node.spec else {
+                continue;
+            };
             let ports: Vec<i64> = ns.listeners.iter().map(|l| l.port_mapping.port).collect();
-            let list = ports.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            let list = ports
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             match t.port {
                 Some(port) if !ports.contains(&port) => self.err(
                     r,
                     format!("{p}.port"),
-                    format!("port {port} is not a listener port of virtual node \"{}\" ({list})", t.virtual_node),
+                    format!(
+                        "port {port} is not a listener port of virtual node \"{}\" ({list})",
+                        t.virtual_node
+                    ),
                 ),
                 None if ports.len() > 1 => self.err(
                     r,
                     format!("{p}.port"),
-                    format!("port is required: virtual node \"{}\" has several listeners ({list})", t.virtual_node),
+                    format!(
+                        "port is required: virtual node \"{}\" has several listeners ({list})",
+                        t.virtual_node
+                    ),
                 ),
                 _ => {}
             }
@@ -524,38 +759,72 @@ impl<'a> Ctx<'a> {
 
     fn retry(&mut self, r: &Resource, path: &str, rp: &RetryPolicySpec, grpc: bool) {
         if !grpc && !rp.grpc_retry_events.is_empty() {
-            self.err(r, format!("{path}.grpcRetryEvents"), "grpcRetryEvents is only valid in a grpcRoute");
+            self.err(
+                r,
+                format!("{path}.grpcRetryEvents"),
+                "grpcRetryEvents is only valid in a grpcRoute",
+            );
         }
-        let any = !rp.grpc_retry_events.is_empty() || !rp.http_retry_events.is_empty() || !rp.tcp_retry_events.is_empty();
+        let any = !rp.grpc_retry_events.is_empty()
+            || !rp.http_retry_events.is_empty()
+            || !rp.tcp_retry_events.is_empty();
         match rp.max_retries {
-            Some(m) if m < 0 => self.err(r, format!("{path}.maxRetries"), format!("{m} is negative")),
-            None if any => self.err(r, format!("{path}.maxRetries"), "maxRetries is required when retry events are set"),
+            Some(m) if m < 0 => {
+                self.err(r, format!("{path}.maxRetries"), format!("{m} is negative"))
+            }
+            None if any => self.err(
+                r,
+                format!("{path}.maxRetries"),
+                "maxRetries is required when retry events are set",
+            ),
             _ => {}
         }
         match &rp.per_retry_timeout {
             Some(d) => self.duration(r, &format!("{path}.perRetryTimeout"), d),
-            None if any => {
-                self.err(r, format!("{path}.perRetryTimeout"), "perRetryTimeout is required when retry events are set")
-            }
+            None if any => self.err(
+                r,
+                format!("{path}.perRetryTimeout"),
+                "perRetryTimeout is required when retry events are set",
+            ),
             None => {}
         }
     }
 
-    fn headers(&mut self, r: &Resource, path: &str, headers: &[HeaderMatchSpec], header_names: bool) {
+    fn headers(
+        &mut self,
+        r: &Resource,
+        path: &str,
+        headers: &[HeaderMatchSpec],
+        header_names: bool,
+    ) {
         if headers.len() > MAX_HEADER_MATCHES {
-            self.err(r, path, format!("{} matches: at most {MAX_HEADER_MATCHES}", headers.len()));
+            self.err(
+                r,
+                path,
+                format!("{} matches: at most {MAX_HEADER_MATCHES}", headers.len()),
+            );
         }
         for (i, h) in headers.iter().enumerate() {
             let p = format!("{path}[{i}]");
             if h.name.is_empty() {
                 self.err(r, format!("{p}.name"), "name is empty");
             } else if header_names && http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                self.err(r, format!("{p}.name"), format!("\"{}\" is not a valid header name", h.name));
+                self.err(
+                    r,
+                    format!("{p}.name"),
+                    format!("\"{}\" is not a valid header name", h.name),
+                );
             }
             match &h.match_ {
-                Some(HeaderMatchMethod::Regex(re)) => self.regex(r, &format!("{p}.match.regex"), re),
+                Some(HeaderMatchMethod::Regex(re)) => {
+                    self.regex(r, &format!("{p}.match.regex"), re)
+                }
                 Some(HeaderMatchMethod::Range(range)) if range.start >= range.end => {
-                    self.err(r, format!("{p}.match.range"), format!("start {} must be less than end {}", range.start, range.end));
+                    self.err(
+                        r,
+                        format!("{p}.match.range"),
+                        format!("start {} must be less than end {}", range.start, range.end),
+                    );
                 }
                 _ => {}
             }
@@ -573,7 +842,14 @@ impl<'a> Ctx<'a> {
 
     fn query(&mut self, r: &Resource, path: &str, q: &[HttpQueryParameter]) {
         if q.len() > MAX_QUERY_PARAMETERS {
-            self.err(r, path, format!("{} query parameters: at most {MAX_QUERY_PARAMETERS}", q.len()));
+            self.err(
+                r,
+                path,
+                format!(
+                    "{} query parameters: at most {MAX_QUERY_PARAMETERS}",
+                    q.len()
+                ),
+            );
         }
         for (i, p) in q.iter().enumerate() {
             if p.name.is_empty() {
@@ -582,7 +858,13 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn path_match(&mut self, r: &Resource, m: &str, prefix: Option<&String>, path: Option<&HttpPathMatch>) {
+    fn path_match(
+        &mut self,
+        r: &Resource,
+        m: &str,
+        prefix: Option<&String>,
+        path: Option<&HttpPathMatch>,
+    ) {
         match (prefix, path) {
             (Some(_), Some(_)) | (None, None) => {
                 self.err(r, m, "exactly one of prefix and path is required");
@@ -592,17 +874,29 @@ impl<'a> Ctx<'a> {
                     self.err(r, format!("{m}.prefix"), "prefix must start with /");
                 }
                 if prefix.len() > MAX_PATH_LEN {
-                    self.err(r, format!("{m}.prefix"), format!("prefix is longer than {MAX_PATH_LEN} characters"));
+                    self.err(
+                        r,
+                        format!("{m}.prefix"),
+                        format!("prefix is longer than {MAX_PATH_LEN} characters"),
+                    );
                 }
             }
             (None, Some(p)) => match (&p.exact, &p.regex) {
                 (Some(exact), None) => {
                     if exact.len() > MAX_PATH_LEN {
-                        self.err(r, format!("{m}.path.exact"), format!("path is longer than {MAX_PATH_LEN} characters"));
+                        self.err(
+                            r,
+                            format!("{m}.path.exact"),
+                            format!("path is longer than {MAX_PATH_LEN} characters"),
+                        );
                     }
                 }
                 (None, Some(re)) => self.regex(r, &format!("{m}.path.regex"), re),
-                _ => self.err(r, format!("{m}.path"), "exactly one of exact and regex is required"),
+                _ => self.err(
+                    r,
+                    format!("{m}.path"),
+                    "exactly one of exact and regex is required",
+                ),
             },
         }
     }
@@ -611,7 +905,11 @@ impl<'a> Ctx<'a> {
         let m = format!("{base}.match");
         self.path_match(r, &m, h.match_.prefix.as_ref(), h.match_.path.as_ref());
         self.headers(r, &format!("{m}.headers"), &h.match_.headers, true);
-        self.query(r, &format!("{m}.queryParameters"), &h.match_.query_parameters);
+        self.query(
+            r,
+            &format!("{m}.queryParameters"),
+            &h.match_.query_parameters,
+        );
         self.extensions(r, &m, h.match_.hostname.as_ref(), &h.match_.cookies);
         if let Some(rp) = &h.retry_policy {
             self.retry(r, &format!("{base}.retryPolicy"), rp, false);
@@ -636,7 +934,13 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn extensions(&mut self, r: &Resource, m: &str, hostname: Option<&HostnameMatch>, cookies: &[HeaderMatchSpec]) {
+    fn extensions(
+        &mut self,
+        r: &Resource,
+        m: &str,
+        hostname: Option<&HostnameMatch>,
+        cookies: &[HeaderMatchSpec],
+    ) {
         if let Some(h) = hostname {
             self.hostname(r, &format!("{m}.hostname"), h, true);
         }
@@ -652,25 +956,45 @@ impl<'a> Ctx<'a> {
         let mesh = self.mesh_of(r);
         let gw = r.parent.as_deref().unwrap_or("");
         if self.find(Kind::VirtualGateway, mesh, "", gw).is_none() {
-            self.err(r, "virtualGatewayName", format!("virtual gateway \"{gw}\" does not exist in mesh \"{mesh}\""));
+            self.err(
+                r,
+                "virtualGatewayName",
+                format!("virtual gateway \"{gw}\" does not exist in mesh \"{mesh}\""),
+            );
         }
         if let Some(p) = s.priority {
             self.range(r, "spec.priority", p, (0, MAX_PRIORITY));
         }
-        let kinds =
-            usize::from(s.http_route.is_some()) + usize::from(s.http2_route.is_some()) + usize::from(s.grpc_route.is_some());
+        let kinds = usize::from(s.http_route.is_some())
+            + usize::from(s.http2_route.is_some())
+            + usize::from(s.grpc_route.is_some());
         if kinds != 1 {
-            self.err(r, "spec", format!("exactly one of httpRoute, http2Route, grpcRoute is required, found {kinds}"));
+            self.err(
+                r,
+                "spec",
+                format!(
+                    "exactly one of httpRoute, http2Route, grpcRoute is required, found {kinds}"
+                ),
+            );
             return;
         }
-        let (base, target) = if let Some(h) = s.http_route.as_ref().map(|h| ("spec.httpRoute", h)).or(s.http2_route.as_ref().map(|h| ("spec.http2Route", h))) {
+        let (base, target) = if let Some(h) = s
+            .http_route
+            .as_ref()
+            .map(|h| ("spec.httpRoute", h))
+            .or(s.http2_route.as_ref().map(|h| ("spec.http2Route", h)))
+        {
             let (base, h) = h;
             let m = format!("{base}.match");
             if h.match_.prefix.is_some() || h.match_.path.is_some() {
                 self.path_match(r, &m, h.match_.prefix.as_ref(), h.match_.path.as_ref());
             }
             self.headers(r, &format!("{m}.headers"), &h.match_.headers, true);
-            self.query(r, &format!("{m}.queryParameters"), &h.match_.query_parameters);
+            self.query(
+                r,
+                &format!("{m}.queryParameters"),
+                &h.match_.query_parameters,
+            );
             if let Some(host) = &h.match_.hostname {
                 self.hostname(r, &format!("{m}.hostname"), host, false);
             }

@@ -52,7 +52,10 @@ pub fn problems(extra: &str) -> Vec<Problem> {
 
 /// Only the errors.
 pub fn errors(extra: &str) -> Vec<Problem> {
-    problems(extra).into_iter().filter(|p| p.severity == Severity::Error).collect()
+    problems(extra)
+        .into_iter()
+        .filter(|p| p.severity == Severity::Error)
+        .collect()
 }
 
 /// Asserts exactly one error, at `path`, whose reason contains `needle`.
@@ -60,7 +63,11 @@ pub fn one_error(extra: &str, path: &str, needle: &str) {
     let errs = errors(extra);
     assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
     assert_eq!(errs[0].path, path, "{}", errs[0]);
-    assert!(errs[0].reason.contains(needle), "reason {:?} lacks {needle:?}", errs[0].reason);
+    assert!(
+        errs[0].reason.contains(needle),
+        "reason {:?} lacks {needle:?}",
+        errs[0].reason
+    );
 }
 
 /// A route on router `r` with the given `httpRoute` body (YAML flow).

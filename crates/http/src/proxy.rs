@@ -175,7 +175,7 @@ async fn handle(
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
             if switching {
                 if let Some(down) = on_upgrade {
-                    let up = hyper::upgrade::on(&mut Response::from_parts(head.clone(), ()));
+                    let up = hyper::upgrade::on(Response::from_parts(head.clone(), ()));
                     splice_upgrade(down, up);
                 }
             } else {
@@ -513,7 +513,7 @@ async fn one_attempt(
         }
         Err(err) => {
             tracing::debug!(cluster = upstream.name(), %addr, error = %err, "upstream attempt failed");
-            let retriable = retry_on_error(&plan.retry, template, &err);
+            let retriable = retry_on_error(&plan.retry, &err);
             let reason = if err.is_connect_failure() {
                 LocalReason::ConnectFailure
             } else {
@@ -524,16 +524,14 @@ async fn one_attempt(
     }
 }
 
-fn retry_on_error(policy: &RetryPolicy, template: &Template, err: &SendError) -> bool {
+fn retry_on_error(policy: &RetryPolicy, err: &SendError) -> bool {
     match err {
         SendError::Connect(_) | SendError::Handshake(_) => policy.connection_error,
         SendError::Refused(_) => policy.http_events & http_retry::STREAM_ERROR != 0,
         // A reset after sending may have been processed: only an explicit stream-error
         // policy retries it, never App Mesh's implicit default.
         SendError::Reset(_) => {
-            policy.http_events & http_retry::STREAM_ERROR != 0
-                && !policy.implicit
-                && (template.idempotent() || !policy.implicit)
+            policy.http_events & http_retry::STREAM_ERROR != 0 && !policy.implicit
         }
     }
 }

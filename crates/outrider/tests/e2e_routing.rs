@@ -1,6 +1,8 @@
 //! End to end: egress routing through a real proxy to real upstream servers — weighted splits,
 //! every match kind, priorities, no-route replies and the egress filter.
 
+#![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns, unwrap here
+
 mod common;
 
 use std::time::Duration;
@@ -14,6 +16,13 @@ use http::{Method, StatusCode};
 use outrider_test_support::servers::{TestServer, grpc_frame};
 
 const GRACE: Duration = Duration::from_millis(200);
+
+/// Extra request headers.
+type Headers = &'static [(&'static str, &'static str)];
+/// Method, path, headers, and the server expected to answer (None: 404).
+type MatchCase = (Method, &'static str, Headers, Option<&'static str>);
+/// gRPC path, metadata, and the server expected to answer.
+type GrpcCase = (&'static str, Headers, &'static str);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_80_20_over_1000_requests() {
@@ -135,7 +144,7 @@ async fn every_http_match_kind_routes_as_specified() {
     let proxy = start(&m.spec).await;
     let mut c = H1::connect(proxy.addrs().egress).await;
     // (method, path, headers, expected server or None for 404)
-    let cases: &[(Method, &str, &[(&str, &str)], Option<&str>)] = &[
+    let cases: &[MatchCase] = &[
         (Method::GET, "/prefix/a", &[], Some("prefix")),
         (Method::GET, "/exact", &[], Some("exact")),
         (Method::GET, "/exact/more", &[], None),
@@ -329,7 +338,7 @@ async fn grpc_service_method_and_metadata_matches() {
     ]);
     let proxy = start(&spec).await;
     let mut c = H2::connect(proxy.addrs().egress).await;
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[GrpcCase] = &[
         ("/test.Echo/Unary", &[], "unary"),
         ("/test.Echo/Unary", &[("x-tenant", "gold")], "unary"),
         ("/test.Echo/Stream", &[("x-tenant", "gold")], "gold"),
@@ -337,9 +346,7 @@ async fn grpc_service_method_and_metadata_matches() {
         ("/test.Echo/Stream", &[], "echo"),
     ];
     for (path, md, want) in cases {
-        let r = c
-            .grpc("grpc.local:50051", path, grpc_frame(&[1]), md)
-            .await;
+        let r = c.grpc("grpc.local:50051", path, grpc_frame(&[1]), md).await;
         assert_eq!(r.status, StatusCode::OK, "{path} {md:?}");
         assert_eq!(r.served_by(), Some(*want), "{path} {md:?}");
         assert_eq!(r.trailer("grpc-status"), Some("0"), "{path} {md:?}");

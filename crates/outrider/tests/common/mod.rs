@@ -1,7 +1,7 @@
 //! Shared pieces of the end-to-end tests: spec snippets, starting the proxy, HTTP/1.1 and h2c
 //! clients that talk to it, and a counting upstream that can fail on purpose.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // shared by several test binaries; helpers unwrap
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -166,9 +166,8 @@ impl Counting {
                     let name = name.clone();
                     async move {
                         let _ = req.into_body().collect().await;
-                        let mut resp = Response::new(Full::new(Bytes::copy_from_slice(
-                            name.as_bytes(),
-                        )));
+                        let mut resp =
+                            Response::new(Full::new(Bytes::copy_from_slice(name.as_bytes())));
                         if n < fail_first {
                             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                         }

@@ -225,22 +225,7 @@ impl<'a> Compiler<'a> {
             ) => http_timeouts(Some(t)),
             _ => http_timeouts(None),
         };
-        let connection_pool = match l.connection_pool {
-            Some(ConnectionPoolSpec::Http(h)) => ConnectionPool {
-                max_connections: Some(count(h.max_connections)),
-                max_pending_requests: h.max_pending_requests.map(count),
-                max_requests: None,
-            },
-            Some(ConnectionPoolSpec::Http2(h) | ConnectionPoolSpec::Grpc(h)) => ConnectionPool {
-                max_requests: Some(count(h.max_requests)),
-                ..ConnectionPool::default()
-            },
-            Some(ConnectionPoolSpec::Tcp(t)) => ConnectionPool {
-                max_connections: Some(count(t.max_connections)),
-                ..ConnectionPool::default()
-            },
-            None => ConnectionPool::default(),
-        };
+        let connection_pool = connection_pool(l.connection_pool);
         NodeListener {
             port,
             protocol: proto,
@@ -525,6 +510,7 @@ impl<'a> Compiler<'a> {
             port: lport,
             protocol: proto,
             discovery: self.discovery(spec),
+            connection_pool: connection_pool(listener.connection_pool),
             health_check: listener.health_check.as_ref().map(|hc| HealthCheck {
                 protocol: protocol(hc.protocol),
                 port: hc.port.map(port),
@@ -780,4 +766,24 @@ fn access_log(spec: &VirtualNodeSpec) -> Option<AccessLog> {
         path: f.path.clone(),
         format,
     })
+}
+
+/// A listener's `connectionPool`, by protocol.
+fn connection_pool(spec: Option<ConnectionPoolSpec>) -> ConnectionPool {
+    match spec {
+        Some(ConnectionPoolSpec::Http(h)) => ConnectionPool {
+            max_connections: Some(count(h.max_connections)),
+            max_pending_requests: h.max_pending_requests.map(count),
+            max_requests: None,
+        },
+        Some(ConnectionPoolSpec::Http2(h) | ConnectionPoolSpec::Grpc(h)) => ConnectionPool {
+            max_requests: Some(count(h.max_requests)),
+            ..ConnectionPool::default()
+        },
+        Some(ConnectionPoolSpec::Tcp(t)) => ConnectionPool {
+            max_connections: Some(count(t.max_connections)),
+            ..ConnectionPool::default()
+        },
+        None => ConnectionPool::default(),
+    }
 }

@@ -247,6 +247,10 @@ pub struct Cluster {
     pub port: u16,
     pub protocol: Protocol,
     pub discovery: Discovery,
+    /// The target listener's `connectionPool`. App Mesh applies it only on the target's own
+    /// proxy; Outrider's client applies it too when `RuntimeOptions::client_side_limits` is
+    /// set (extension, off by default).
+    pub connection_pool: ConnectionPool,
     pub health_check: Option<HealthCheck>,
     pub outlier_detection: Option<OutlierDetection>,
 }

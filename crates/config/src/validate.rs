@@ -36,18 +36,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "spec.backends[].virtualService.clientPolicy",
         "client TLS policy is not implemented yet and is ignored",
     ),
-    (
-        "spec.listeners[].healthCheck",
-        "active health checks are not implemented yet; every discovered endpoint gets traffic",
-    ),
-    (
-        "spec.listeners[].outlierDetection",
-        "outlier detection is not implemented yet; no endpoint is ejected",
-    ),
-    (
-        "spec.listeners[].connectionPool",
-        "connection-pool limits are not enforced yet",
-    ),
     ("spec.logging.accessLog", "access logs are not written yet"),
     (
         "spec.serviceDiscovery.awsCloudMap.attributes",
@@ -429,7 +417,25 @@ impl<'a> Ctx<'a> {
             if f.path.trim().is_empty() {
                 self.err(r, "spec.logging.accessLog.file.path", "path is empty");
             }
-            self.warn(r, "spec.logging.accessLog", "spec.logging.accessLog");
+            match &f.format {
+                Some(crate::model::LoggingFormat::Text(t)) => {
+                    if let Err(e) = outrider_accesslog::Format::text(t) {
+                        self.err(r, "spec.logging.accessLog.file.format.text", e.to_string());
+                    }
+                }
+                Some(crate::model::LoggingFormat::Json(kv)) => {
+                    for (i, pair) in kv.iter().enumerate() {
+                        if let Err(e) = outrider_accesslog::Format::text(&pair.value) {
+                            self.err(
+                                r,
+                                format!("spec.logging.accessLog.file.format.json[{i}].value"),
+                                e.to_string(),
+                            );
+                        }
+                    }
+                }
+                None => {}
+            }
         }
     }
 

@@ -146,7 +146,29 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError>
 /// Binds every listener, starts discovery and serves. Returns once listeners are bound; the
 /// proxy reports ready after the first DNS answers (or [`STARTUP_DISCOVERY_WAIT`]).
 pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
-    outrider_telemetry::install_metrics();
+    // StatsD/DogStatsD and App Mesh stats tags come from the App Mesh image's variables. A bad
+    // variable is reported and the proxy runs with Prometheus only.
+    let (mesh, node) = match &opts.snapshot {
+        Some(s) => (
+            s.mesh.to_string(),
+            match &s.identity {
+                outrider_config::Identity::VirtualNode(n)
+                | outrider_config::Identity::VirtualGateway(n) => n.clone(),
+            },
+        ),
+        None => (String::new(), String::new()),
+    };
+    match outrider_telemetry::TelemetryOptions::from_env(&mesh, &node) {
+        Ok(t) => {
+            if let Err(e) = outrider_telemetry::install_metrics_with(&t) {
+                tracing::warn!(error = %e, "metrics sinks not installed as configured");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "bad telemetry environment; Prometheus only");
+            outrider_telemetry::install_metrics();
+        }
+    }
     let ingress = bind("ingress", opts.ingress_addr)?;
     let egress = bind("egress", opts.egress_addr)?;
     let admin = opts.admin_addr.map(|a| bind("admin", a)).transpose()?;
@@ -388,10 +410,11 @@ impl AdminSource for Admin {
         let mut out = String::new();
         for up in rt.clusters().iter().chain(rt.locals().iter()) {
             for e in up.endpoint_report() {
-                let flag = if e.healthy {
-                    "healthy"
-                } else {
-                    "/failed_active_hc"
+                let flag = match (e.failed_active_hc, e.failed_outlier_check) {
+                    (false, false) => "healthy",
+                    (true, false) => "/failed_active_hc",
+                    (false, true) => "/failed_outlier_check",
+                    (true, true) => "/failed_active_hc/failed_outlier_check",
                 };
                 let _ = writeln!(out, "{}::{}::health_flags::{}", up.name(), e.addr, flag);
                 let _ = writeln!(out, "{}::{}::rq_active::{}", up.name(), e.addr, e.in_flight);

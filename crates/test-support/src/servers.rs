@@ -203,7 +203,13 @@ impl TestServer {
                 spawn_until_stopped(&state.stop, async move {
                     let io = TokioIo::new(stream);
                     // Errors are the client's doing (resets, garbage); tests check responses.
-                    let _ = builder.serve_connection_with_upgrades(io, service).await;
+                    // Only the non-upgrade path honours `http2_only`.
+                    let _ = match mode {
+                        Mode::H2Only | Mode::Grpc => builder.serve_connection(io, service).await,
+                        Mode::Http | Mode::WebSocket => {
+                            builder.serve_connection_with_upgrades(io, service).await
+                        }
+                    };
                 });
             }
         });

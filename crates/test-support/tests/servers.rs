@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
@@ -86,8 +87,9 @@ async fn h2_only_refuses_http1() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let _ = raw.read_to_end(&mut buf).await;
-    assert!(!buf.starts_with(b"HTTP/1.1 200"));
+    let read = tokio::time::timeout(Duration::from_secs(2), raw.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "an HTTP/1.1 request must end the connection");
+    assert!(!buf.starts_with(b"HTTP/1.1"));
     assert_eq!(srv.hits(), 1);
 }
 
@@ -144,13 +146,14 @@ async fn websocket_upgrade_then_raw_echo() {
         head.push(byte[0]);
         assert!(head.len() < 4096);
     }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The RFC 6455 section 1.3 example key and its accept value.
     assert!(
-        head.contains("sec-websocket-accept: s3ppLmbitxaq9kygzzhzrbk+xoo="),
+        head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
         "{head}"
     );
-    assert!(head.contains("x-served-by: ws"), "{head}");
+    assert!(head.contains("x-served-by: ws\r\n"), "{head}");
 
     raw.write_all(b"\x81\x02hi").await.unwrap();
     let mut echoed = [0u8; 4];
@@ -182,15 +185,10 @@ async fn drop_stops_the_server() {
     let mut greeting = [0u8; 5];
     conn.read_exact(&mut greeting).await.unwrap();
     drop(srv);
-    // The open connection is closed and the listener goes away.
+    // The open connection is closed (EOF or reset, either is fine) and the listener goes away.
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        conn.read_to_end(&mut rest),
-    )
-    .await
-    .unwrap();
-    assert!(read.is_ok() || read.is_err());
+    let closed = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "connection still open after drop");
     let mut refused = false;
     for _ in 0..50 {
         if TcpStream::connect(addr).await.is_err() {

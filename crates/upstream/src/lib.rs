@@ -6,7 +6,6 @@ mod grpc;
 mod server;
 mod service;
 
-pub use body::ReplyBody;
 pub use config::{
     ConfigError, DEFAULT_ADDR, DEFAULT_FAIL_RATE, DEFAULT_FAIL_STATUS, DEFAULT_NAME, DurationError,
     Latency, LatencyParseError, MAX_BODY_SIZE, UpstreamConfig, parse_duration,

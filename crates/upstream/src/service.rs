@@ -24,6 +24,8 @@ pub const FAILURE_BODY: &str = "injected failure\n";
 /// `grpc-message` of an injected gRPC failure.
 const GRPC_FAILURE_MESSAGE: &str = "injected failure";
 
+const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+
 /// Path that echoes a POSTed body.
 const ECHO_PATH: &str = "/echo";
 
@@ -105,7 +107,15 @@ impl Prepared {
         }
         let (parts, body) = req.into_parts();
         Ok(match kind {
-            Kind::Grpc => self.reply(StatusCode::OK, APPLICATION_GRPC, ReplyBody::grpc_echo(body)),
+            Kind::Grpc => {
+                let mut resp =
+                    self.reply(StatusCode::OK, APPLICATION_GRPC, ReplyBody::grpc_echo(body));
+                // Echoed messages keep their compression, so the encoding must be announced.
+                if let Some(encoding) = parts.headers.get(GRPC_ENCODING) {
+                    resp.headers_mut().insert(GRPC_ENCODING, encoding.clone());
+                }
+                resp
+            }
             _ => {
                 let content_type = parts
                     .headers

@@ -1,21 +1,31 @@
 //! Wiring: a snapshot becomes listeners, clusters fed by discovery, and an admin endpoint; plus
 //! start-up, drain and shutdown.
 
+mod drain;
+mod reload;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use outrider_admin::{AdminScope, AdminSource};
-use outrider_config::{Discovery, Snapshot};
-use outrider_discovery::{DnsTarget, Resolver, ResolverConfig, Watch};
+use outrider_admin::{AdminScope, AdminSource, ReloadFuture};
+use outrider_config::Snapshot;
+use outrider_discovery::{Resolver, ResolverConfig};
 use outrider_http::{ConnInfo, Direction, ListenerCtx, Runtime, RuntimeOptions, serve_connection};
 use outrider_telemetry::{ListenerStats, ServerStats};
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::drain::Gate;
+use crate::reload::ReloadState;
+pub use crate::drain::{DEFAULT_DRAIN_QUIET, DRAIN_FINAL_GRACE};
+pub use crate::reload::{
+    ConfigSource, RELOAD_DEBOUNCE, RELOAD_FAILURES_TOTAL, RELOAD_TOTAL, ReloadError, ReloadReport,
+    Trigger,
+};
 
 /// Ingress listener address. Default is 0.0.0.0:15000.
 pub const DEFAULT_INGRESS_ADDR: &str = "0.0.0.0:15000";
@@ -44,6 +54,13 @@ pub struct ProxyOptions {
     pub runtime: RuntimeOptions,
     /// Drain period for egress after SIGTERM. Default is 20 s.
     pub drain_wait: Duration,
+    /// A drain ends early once no connection has been open this long. Default is 1 s.
+    pub drain_quiet: Duration,
+    /// The files the snapshot came from, for reloads (SIGHUP, `POST /reload`, file changes).
+    /// None: reloads are refused with [`ReloadError::NotConfigured`]. Default is None.
+    pub config_source: Option<ConfigSource>,
+    /// Reload when the directories of `config_source` change. Default is true.
+    pub watch_config: bool,
 }
 
 impl ProxyOptions {
@@ -60,6 +77,9 @@ impl ProxyOptions {
             dns_refresh: outrider_discovery::DEFAULT_REFRESH,
             runtime: RuntimeOptions::default(),
             drain_wait: DEFAULT_DRAIN_WAIT,
+            drain_quiet: DEFAULT_DRAIN_QUIET,
+            config_source: None,
+            watch_config: true,
         }
     }
 }
@@ -79,11 +99,14 @@ struct Shared {
     runtime: Arc<ArcSwap<Runtime>>,
     ready: AtomicBool,
     draining: AtomicBool,
-    /// Stops accepting on every listener and drains connections.
-    shutdown: CancellationToken,
+    /// Each listener stops on its own: a drain closes ingress first.
+    ingress: Gate,
+    egress: Gate,
+    drain_wait: Duration,
+    drain_quiet: Duration,
     /// Fired by `/quitquitquit`: exit at once.
     quit: CancellationToken,
-    watches: Mutex<Vec<Watch>>,
+    reload: ReloadState,
     server: ServerStats,
     addrs: Addrs,
 }
@@ -119,13 +142,50 @@ impl RunningProxy {
         self.shared.ready.load(Ordering::Acquire) && !self.shared.draining.load(Ordering::Acquire)
     }
 
-    /// Stops accepting, lets connections in flight finish (up to `grace`), then returns.
+    /// Stops accepting on both listeners at once, lets connections in flight finish (up to
+    /// `grace`), then returns.
     pub async fn shutdown(self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
-        self.shared.shutdown.cancel();
         self.tracker.close();
+        tokio::join!(
+            self.shared.ingress.close(grace),
+            self.shared.egress.close(grace),
+        );
         let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
         self.shared.quit.cancel();
+    }
+
+    /// The SIGTERM drain: `/ready` turns 503, ingress stops accepting at once and its
+    /// connections close gracefully, egress stays open until the drain wait passes or no
+    /// connection has been open for the quiet period, connections in flight finish; then the
+    /// admin endpoint stops too. Returns when the process may exit.
+    pub async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        drain::drain(
+            &self.shared.ingress,
+            &self.shared.egress,
+            self.shared.drain_wait,
+            self.shared.drain_quiet,
+        )
+        .await;
+        self.shared.quit.cancel();
+    }
+
+    /// `POST /drain_listeners`: `/ready` turns 503 and ingress closes; the proxy keeps running.
+    pub fn drain_listeners(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.ingress.stop.cancel();
+    }
+
+    /// Re-reads the config files and swaps the new configuration in; a bad one is refused
+    /// (logged and counted) and the running one stays.
+    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
+        reload::reload(&self.shared, trigger).await
+    }
+
+    /// The running config version: 1 at start-up, one more per reload that changed something.
+    pub fn config_version(&self) -> u64 {
+        self.shared.reload.version()
     }
 
     /// Resolves when `/quitquitquit` was called.
@@ -133,9 +193,9 @@ impl RunningProxy {
         self.shared.quit.cancelled().await;
     }
 
-    /// Resolves when `/drain_listeners` (or a shutdown) started a drain.
+    /// Resolves when `/drain_listeners` (or a drain or shutdown) closed the ingress listener.
     pub async fn drain_requested(&self) {
-        self.shared.shutdown.cancelled().await;
+        self.shared.ingress.stop.cancelled().await;
     }
 }
 
@@ -143,8 +203,10 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError>
     outrider_transport::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Binds every listener, starts discovery and serves. Returns once listeners are bound; the
-/// proxy reports ready after the first DNS answers (or [`STARTUP_DISCOVERY_WAIT`]).
+/// Binds every listener, starts discovery and serves. The admin endpoint answers (503) at once;
+/// the proxy accepts traffic and reports ready after the first DNS answers (or
+/// [`STARTUP_DISCOVERY_WAIT`]), which is when this returns. With `watch_config`, changes to the
+/// config directories reload the configuration.
 pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     // StatsD/DogStatsD and App Mesh stats tags come from the App Mesh image's variables. A bad
     // variable is reported and the proxy runs with Prometheus only.
@@ -185,38 +247,28 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         Some(s) => Runtime::new(Arc::new(s.clone()), None, opts.runtime),
         None => Runtime::transparent(opts.runtime),
     };
+    let config_source = opts.snapshot.as_ref().and(opts.config_source.clone());
     let shared = Arc::new(Shared {
         runtime: Arc::new(ArcSwap::from_pointee(runtime)),
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        shutdown: CancellationToken::new(),
+        ingress: Gate::default(),
+        egress: Gate::default(),
+        drain_wait: opts.drain_wait,
+        drain_quiet: opts.drain_quiet,
         quit: CancellationToken::new(),
-        watches: Mutex::new(Vec::new()),
+        reload: ReloadState::new(
+            config_source,
+            Resolver::new(opts.resolver),
+            opts.dns_refresh,
+            opts.runtime,
+        ),
         server: ServerStats::new(),
         addrs,
     });
     let tracker = TaskTracker::new();
 
-    // Discovery first, so the first requests find endpoints.
-    let resolver = Resolver::new(opts.resolver);
-    let watches = start_discovery(&shared.runtime.load_full(), &resolver, opts.dns_refresh).await;
-    *shared.watches.lock().await = watches;
-
-    let own = vec![addrs.ingress, addrs.egress];
-    for (listener, direction) in [(ingress, Direction::Ingress), (egress, Direction::Egress)] {
-        let ctx = Arc::new(ListenerCtx {
-            direction,
-            runtime: shared.runtime.clone(),
-            stats: ListenerStats::new(direction.as_str()),
-            own_addrs: own.clone(),
-        });
-        tracker.spawn(accept_loop(
-            listener,
-            ctx,
-            shared.shutdown.clone(),
-            tracker.clone(),
-        ));
-    }
+    // The admin endpoint first, so health checks get an answer (503) while discovery starts.
     let source: Arc<dyn AdminSource> = Arc::new(Admin {
         shared: shared.clone(),
     });
@@ -236,100 +288,50 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             shared.quit.clone(),
         ));
     }
+
+    // Discovery before accepting, so the first requests find endpoints. Reloads take the same
+    // lock, so a file change during start-up waits for this.
+    {
+        let mut discovery = shared.reload.discovery.lock().await;
+        let runtime = shared.runtime.load_full();
+        discovery
+            .sync(
+                &runtime,
+                shared.reload.resolver(),
+                shared.reload.dns_refresh(),
+            )
+            .await;
+    }
+
+    let own = vec![addrs.ingress, addrs.egress];
+    for (listener, direction, gate) in [
+        (ingress, Direction::Ingress, &shared.ingress),
+        (egress, Direction::Egress, &shared.egress),
+    ] {
+        let ctx = Arc::new(ListenerCtx {
+            direction,
+            runtime: shared.runtime.clone(),
+            stats: ListenerStats::new(direction.as_str()),
+            own_addrs: own.clone(),
+        });
+        tracker.spawn(accept_loop(listener, ctx, gate.clone()));
+    }
+    if opts.watch_config
+        && let Err(e) = reload::spawn_watcher(shared.clone(), shared.quit.clone())
+    {
+        // The proxy still reloads on SIGHUP and POST /reload.
+        tracing::warn!(error = %e, "cannot watch the config files; reload with SIGHUP or POST /reload");
+    }
     shared.ready.store(true, Ordering::Release);
     tracing::info!(ingress = %addrs.ingress, egress = %addrs.egress, admin = ?addrs.admin, "outrider ready");
     Ok(RunningProxy { shared, tracker })
 }
 
-/// One DNS watch per cluster with DNS discovery; each feeds its cluster's endpoints.
-async fn start_discovery(
-    runtime: &Arc<Runtime>,
-    resolver: &Resolver,
-    refresh: Duration,
-) -> Vec<Watch> {
-    let mut watches = Vec::new();
-    for (cluster, upstream) in runtime.snapshot().clusters.iter().zip(runtime.clusters()) {
-        let Discovery::Dns {
-            hostname,
-            response_type,
-            ip_preference,
-        } = &cluster.discovery
-        else {
-            upstream.set_endpoints(&[]);
-            continue;
-        };
-        let target = DnsTarget {
-            hostname: hostname.clone(),
-            port: cluster.port,
-            response_type: match response_type {
-                outrider_config::ResponseType::Endpoints => {
-                    outrider_discovery::ResponseType::Endpoints
-                }
-                outrider_config::ResponseType::LoadBalancer => {
-                    outrider_discovery::ResponseType::LoadBalancer
-                }
-            },
-            ip_preference: match ip_preference {
-                outrider_config::IpPreference::Any => outrider_discovery::IpPreference::Any,
-                outrider_config::IpPreference::Ipv4Only => {
-                    outrider_discovery::IpPreference::Ipv4Only
-                }
-                outrider_config::IpPreference::Ipv6Only => {
-                    outrider_discovery::IpPreference::Ipv6Only
-                }
-                outrider_config::IpPreference::Ipv4Preferred => {
-                    outrider_discovery::IpPreference::Ipv4Preferred
-                }
-                outrider_config::IpPreference::Ipv6Preferred => {
-                    outrider_discovery::IpPreference::Ipv6Preferred
-                }
-            },
-            refresh,
-        };
-        let watch = outrider_discovery::watch(resolver.clone(), target);
-        let mut rx = watch.receiver();
-        let upstream = upstream.clone();
-        upstream.set_endpoints(&rx.borrow_and_update());
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let endpoints = rx.borrow_and_update().clone();
-                tracing::debug!(
-                    cluster = upstream.name(),
-                    endpoints = endpoints.len(),
-                    "endpoints changed"
-                );
-                upstream.set_endpoints(&endpoints);
-            }
-        });
-        watches.push(watch);
-    }
-    let _ = tokio::time::timeout(STARTUP_DISCOVERY_WAIT, async {
-        for w in watches.iter_mut() {
-            w.ready().await;
-        }
-    })
-    .await;
-    for (w, upstream) in watches.iter().zip(runtime.clusters().iter().filter(|u| {
-        runtime
-            .snapshot()
-            .clusters
-            .iter()
-            .any(|c| c.name == u.name() && matches!(c.discovery, Discovery::Dns { .. }))
-    })) {
-        upstream.set_endpoints(&w.current());
-    }
-    watches
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<ListenerCtx>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+/// Accepts until the gate stops; returning drops the listener, so new connections are refused.
+async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, gate: Gate) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = gate.stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -347,11 +349,11 @@ async fn accept_loop(
             local,
             orig_dst: outrider_transport::original_dst(&stream),
         };
-        tracker.spawn(serve_connection(
+        gate.conns.spawn(serve_connection(
             stream,
             ctx.clone(),
             conn,
-            shutdown.clone(),
+            gate.stop.clone(),
         ));
     }
 }
@@ -388,6 +390,8 @@ impl AdminSource for Admin {
             "mesh": &*snap.mesh,
             "identity": identity,
             "config_hash": snap.hash,
+            "config_version": self.shared.reload.version(),
+            "last_reload": self.shared.reload.last_json(),
             "transparent": rt.is_transparent(),
             "listeners": {
                 "ingress": self.shared.addrs.ingress.to_string(),
@@ -401,7 +405,15 @@ impl AdminSource for Admin {
         if rt.is_transparent() {
             return serde_json::json!({"transparent": true, "note": "no --config: every connection passes through to its original destination"});
         }
-        rt.snapshot().dump()
+        let mut dump = rt.snapshot().dump();
+        if let Some(obj) = dump.as_object_mut() {
+            obj.insert(
+                "config_version".into(),
+                self.shared.reload.version().into(),
+            );
+            obj.insert("config_hash".into(), rt.snapshot().hash.clone().into());
+        }
+        dump
     }
 
     fn clusters(&self) -> String {
@@ -439,13 +451,22 @@ impl AdminSource for Admin {
 
     fn quit(&self) {
         self.shared.draining.store(true, Ordering::Release);
-        self.shared.shutdown.cancel();
+        self.shared.ingress.stop.cancel();
+        self.shared.egress.stop.cancel();
         self.shared.quit.cancel();
     }
 
     fn drain(&self) {
         self.shared.draining.store(true, Ordering::Release);
-        self.shared.shutdown.cancel();
+        self.shared.ingress.stop.cancel();
+    }
+
+    fn reload(&self) -> ReloadFuture<'_> {
+        Box::pin(async move {
+            reload::reload(&self.shared, Trigger::Admin)
+                .await
+                .map(|r| r.to_json())
+        })
     }
 
     fn set_log_level(&self, level: &str) -> Result<(), String> {

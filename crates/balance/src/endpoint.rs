@@ -25,6 +25,20 @@ pub struct Endpoint {
     updated_ns: AtomicU64,
     decay_ns: f64,
     healthy: AtomicBool,
+    /// Passive health (outlier detection), kept apart from the active check's verdict so
+    /// `/clusters` can say which one failed.
+    pub(crate) outlier: OutlierState,
+}
+
+/// Outlier-detection state of one endpoint, all atomic.
+#[derive(Debug, Default)]
+pub(crate) struct OutlierState {
+    /// Errors seen in the current interval.
+    pub(crate) errors: AtomicU32,
+    /// How many times the endpoint was ejected (multiplies the ejection time).
+    pub(crate) ejections: AtomicU32,
+    /// Ejected until this many nanoseconds on the detector's clock; 0 when not ejected.
+    pub(crate) ejected_until: AtomicU64,
 }
 
 /// A request in flight on an endpoint: counts toward the endpoint's load until dropped.
@@ -52,6 +66,7 @@ impl Endpoint {
             updated_ns: AtomicU64::new(now_ns()),
             decay_ns: (duration_ns(decay).max(1)) as f64,
             healthy: AtomicBool::new(true),
+            outlier: OutlierState::default(),
         }
     }
 
@@ -83,9 +98,15 @@ impl Endpoint {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Whether the balancer may choose this endpoint outside panic mode.
+    /// Whether outlier detection has ejected the endpoint. Default is false.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.ejected_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the balancer may choose this endpoint outside panic mode: healthy by the active
+    /// check and not ejected.
     pub fn is_available(&self) -> bool {
-        self.is_healthy()
+        self.is_healthy() && !self.is_ejected()
     }
 
     /// The current latency estimate, decayed for the time since the last sample.

@@ -2,6 +2,8 @@
 
 mod balancer;
 mod endpoint;
+mod outlier;
 
 pub use balancer::{Algorithm, Balancer};
 pub use endpoint::{DEFAULT_DECAY, DEFAULT_RTT, Endpoint, InFlight};
+pub use outlier::{MAX_EJECTION_TIME, OutlierConfig, OutlierDetector};

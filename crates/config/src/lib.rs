@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod compile;
+mod import;
 mod load;
 pub mod model;
 mod problem;

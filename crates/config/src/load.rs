@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::Problem;
+use crate::import::{self, Imports};
 use crate::model::{
     GatewayRouteSpec, MeshSpec, RouteSpec, VirtualGatewaySpec, VirtualNodeSpec, VirtualRouterSpec,
     VirtualServiceSpec,
@@ -318,12 +319,13 @@ impl Loaded {
 /// in name order (not recursively). Every problem is collected; nothing stops at the first.
 pub fn load(paths: &[PathBuf]) -> Loaded {
     let mut out = Loaded::default();
+    let mut imports = Imports::default();
     for path in paths {
         if path.is_dir() {
             match config_files(path) {
                 Ok(files) => {
                     for file in files {
-                        load_file(&file, &mut out);
+                        load_file(&file, &mut out, &mut imports);
                     }
                 }
                 Err(e) => out.file_problem(
@@ -332,9 +334,10 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                 ),
             }
         } else {
-            load_file(path, &mut out);
+            load_file(path, &mut out, &mut imports);
         }
     }
+    imports.finish(&mut out);
     out
 }
 
@@ -342,7 +345,9 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
 /// extension, picks JSON or YAML (YAML when unknown and the text does not start like JSON).
 pub fn load_str(name: &str, text: &str) -> Loaded {
     let mut out = Loaded::default();
-    load_text(name, text, &mut out);
+    let mut imports = Imports::default();
+    load_text(name, text, &mut out, &mut imports);
+    imports.finish(&mut out);
     out
 }
 
@@ -362,15 +367,15 @@ fn config_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn load_file(path: &Path, out: &mut Loaded) {
+fn load_file(path: &Path, out: &mut Loaded, imports: &mut Imports) {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => load_text(&name, &text, out),
+        Ok(text) => load_text(&name, &text, out, imports),
         Err(e) => out.file_problem(&name, format!("cannot read: {e}")),
     }
 }
 
-fn load_text(name: &str, text: &str, out: &mut Loaded) {
+fn load_text(name: &str, text: &str, out: &mut Loaded, imports: &mut Imports) {
     let ext = Path::new(name)
         .extension()
         .and_then(|e| e.to_str())
@@ -398,7 +403,13 @@ fn load_text(name: &str, text: &str, out: &mut Loaded) {
     } else {
         // YAML 1.2 booleans only: under YAML 1.1 rules a node named `n` or `no` would read as false.
         let options = serde_saphyr::options! { strict_booleans: true };
-        match serde_saphyr::from_multiple_with_options::<Value>(text, options) {
+        // Plain parsing drops tags, so CloudFormation's `!Ref` and friends need their own pass.
+        let parsed = if import::has_short_forms(text) {
+            import::parse_yaml(text, options)
+        } else {
+            serde_saphyr::from_multiple_with_options::<Value>(text, options)
+        };
+        match parsed {
             Ok(docs) => docs,
             Err(e) => {
                 out.file_problem(name, format!("invalid YAML: {e}"));
@@ -411,15 +422,21 @@ fn load_text(name: &str, text: &str, out: &mut Loaded) {
             Value::Null => {}
             Value::Array(items) => {
                 for item in items {
-                    push_resource(name, &item, out);
+                    if !imports.take(name, &item, out) {
+                        push_resource(name, &item, out);
+                    }
                 }
             }
-            other => push_resource(name, &other, out),
+            other => {
+                if !imports.take(name, &other, out) {
+                    push_resource(name, &other, out);
+                }
+            }
         }
     }
 }
 
-fn push_resource(file: &str, value: &Value, out: &mut Loaded) {
+pub(crate) fn push_resource(file: &str, value: &Value, out: &mut Loaded) {
     match parse_resource(file, value) {
         Ok(r) => out.resources.items.push(r),
         Err(p) => out.problems.push(p),

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use outrider_policy::Permit;
+
 use crate::pool::PoolReturn;
 
 /// A body sent upstream: nothing, bytes kept for replay (retries), or the downstream stream.
@@ -63,15 +65,25 @@ enum RespKind {
     Upstream {
         inner: Incoming,
         on_end: Option<PoolReturn>,
+        /// The circuit-breaker slot this exchange holds until its body ends.
+        permit: Option<Permit>,
     },
     Full(Option<Bytes>),
 }
 
 impl RespBody {
     /// A body streamed from upstream.
-    pub(crate) fn upstream(inner: Incoming, on_end: Option<PoolReturn>) -> Self {
+    pub(crate) fn upstream(
+        inner: Incoming,
+        on_end: Option<PoolReturn>,
+        permit: Option<Permit>,
+    ) -> Self {
         let mut body = RespBody {
-            kind: RespKind::Upstream { inner, on_end },
+            kind: RespKind::Upstream {
+                inner,
+                on_end,
+                permit,
+            },
         };
         body.release_if_done();
         body
@@ -93,11 +105,17 @@ impl RespBody {
     }
 
     fn release_if_done(&mut self) {
-        if let RespKind::Upstream { inner, on_end } = &mut self.kind
+        if let RespKind::Upstream {
+            inner,
+            on_end,
+            permit,
+        } = &mut self.kind
             && inner.is_end_stream()
-            && let Some(ret) = on_end.take()
         {
-            ret.release();
+            permit.take();
+            if let Some(ret) = on_end.take() {
+                ret.release();
+            }
         }
     }
 }
@@ -119,8 +137,17 @@ impl Body for RespBody {
         let this = self.get_mut();
         match &mut this.kind {
             RespKind::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Upstream { inner, on_end } => {
+            RespKind::Upstream {
+                inner,
+                on_end,
+                permit,
+            } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+                    || inner.is_end_stream()
+                {
+                    permit.take();
+                }
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(ret) = on_end.take() {

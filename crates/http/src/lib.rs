@@ -3,6 +3,8 @@
 
 mod body;
 mod headers;
+mod health;
+mod idle;
 mod local;
 mod pool;
 mod proxy;
@@ -12,12 +14,14 @@ mod upstream;
 
 pub use body::{ReqBody, RespBody};
 pub use headers::{request_id, split_authority};
+pub use health::DEFAULT_HEALTH_PATH;
 pub use local::{LocalReason, local_reply};
 pub use outrider_balance::Algorithm;
+pub use outrider_policy::RetryBudgetConfig;
 pub use pool::{MAX_IDLE_PER_ENDPOINT, POOL_IDLE_TIMEOUT, SendError};
-pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService};
+pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService, RetrySkipped};
 pub use runtime::{
     HttpDecision, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions, TcpDecision,
 };
 pub use server::{DETECT_TIMEOUT, Detected, detect, serve_connection};
-pub use upstream::{EndpointReport, Upstream};
+pub use upstream::{DEFAULT_MAX_PENDING_REQUESTS, EndpointReport, Upstream, UpstreamPolicy};

@@ -18,6 +18,8 @@ pub enum LocalReason {
     UpstreamReset,
     /// The per-request timeout fired (UT).
     Timeout,
+    /// A circuit breaker (`connectionPool` limit) refused the request (UO).
+    Overflow,
     /// The request could not be forwarded as sent (bad authority, body larger than announced).
     BadRequest,
 }
@@ -31,6 +33,7 @@ impl LocalReason {
             LocalReason::ConnectFailure => "UF",
             LocalReason::UpstreamReset => "UR",
             LocalReason::Timeout => "UT",
+            LocalReason::Overflow => "UO",
             LocalReason::BadRequest => "DPE",
         }
     }
@@ -40,7 +43,8 @@ impl LocalReason {
             LocalReason::NoRoute => StatusCode::NOT_FOUND,
             LocalReason::NoHealthyUpstream
             | LocalReason::ConnectFailure
-            | LocalReason::UpstreamReset => StatusCode::SERVICE_UNAVAILABLE,
+            | LocalReason::UpstreamReset
+            | LocalReason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             LocalReason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             LocalReason::BadRequest => StatusCode::BAD_REQUEST,
         }
@@ -57,6 +61,9 @@ impl LocalReason {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
             }
             LocalReason::Timeout => "upstream request timeout",
+            LocalReason::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
             LocalReason::BadRequest => "bad request",
         }
     }
@@ -67,7 +74,8 @@ impl LocalReason {
             LocalReason::NoRoute => "12",
             LocalReason::NoHealthyUpstream
             | LocalReason::ConnectFailure
-            | LocalReason::UpstreamReset => "14",
+            | LocalReason::UpstreamReset
+            | LocalReason::Overflow => "14",
             LocalReason::Timeout => "4",
             LocalReason::BadRequest => "13",
         }

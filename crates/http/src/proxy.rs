@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -14,13 +14,15 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, heade
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use outrider_config::{RetryPolicy, Timeouts, grpc_retry, http_retry};
+use outrider_config::{Protocol, RetryPolicy, Timeouts, grpc_retry, http_retry};
+use outrider_policy::{InFlightRetry, Limiter, Permit, backoff, parse_grpc_timeout};
 use outrider_route::RequestParts;
 use outrider_telemetry::ListenerStats;
 use tokio::time::timeout_at;
 
 use crate::body::{ReqBody, RespBody};
 use crate::headers::{add_forwarding, is_upgrade, split_authority, strip_hop_by_hop};
+use crate::idle::Activity;
 use crate::local::{LocalReason, local_reply};
 use crate::pool::{PoolReturn, SendError};
 use crate::runtime::{HttpDecision, NO_RETRY, Runtime};
@@ -29,10 +31,12 @@ use crate::upstream::Upstream;
 /// Request bodies up to this size are buffered so they can be replayed on retry; larger ones
 /// stream and are not retried. Default is 64 KiB.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
-/// First retry back-off bound (fully jittered, doubled per retry). Default is 25 ms.
-pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
-/// Largest retry back-off bound. Default is 250 ms.
-pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Response extension: the request matched a retry policy and its attempt failed in a way the
+/// policy retries, but its body was too large to replay (over [`MAX_REPLAY_BODY`]), so it was
+/// not retried. The access log can flag such responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySkipped;
 
 /// Which side of the sidecar a listener is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +80,22 @@ pub struct ConnInfo {
 pub struct ProxyService {
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
+    activity: Option<Arc<Activity>>,
 }
 
 impl ProxyService {
     pub fn new(ctx: Arc<ListenerCtx>, conn: ConnInfo) -> Self {
-        ProxyService { ctx, conn }
+        ProxyService {
+            ctx,
+            conn,
+            activity: None,
+        }
+    }
+
+    /// Counts requests on the connection's idle tracker.
+    pub(crate) fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 }
 
@@ -92,7 +107,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let ctx = self.ctx.clone();
         let conn = self.conn;
+        let active = self.activity.as_ref().map(|a| a.begin());
         Box::pin(async move {
+            let _active = active;
             let start = Instant::now();
             ctx.stats.rq_total.increment(1);
             let resp = handle(&ctx, conn, req).await;
@@ -169,8 +186,9 @@ async fn handle(
         grpc,
     };
 
-    match forward(&plan, template, body).await {
-        Ok((resp, pool_return)) => {
+    let mut skipped = false;
+    let mut resp = match forward(&plan, template, body, &mut skipped).await {
+        Ok((resp, pool_return, permit)) => {
             let (mut head, body) = resp.into_parts();
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
             if switching {
@@ -184,10 +202,14 @@ async fn handle(
             head.version = downstream_version;
             // An upgraded connection is never returned to the pool.
             let pool_return = if switching { None } else { pool_return };
-            Response::from_parts(head, RespBody::upstream(body, pool_return))
+            Response::from_parts(head, RespBody::upstream(body, pool_return, permit))
         }
         Err(reason) => local_reply(reason, grpc),
+    };
+    if skipped {
+        resp.extensions_mut().insert(RetrySkipped);
     }
+    resp
 }
 
 async fn decide(
@@ -374,24 +396,50 @@ enum Attempt {
     Failed(LocalReason, bool),
 }
 
+/// What [`forward`] hands back: the response, the HTTP/1 connection to return once its body
+/// is read, and the circuit-breaker slot held until then.
+type Forwarded = (Response<Incoming>, Option<PoolReturn>, Option<Permit>);
+
+/// Sends the request with retries. Sets `skipped` when a retry was due but the body could not
+/// be replayed.
 async fn forward(
     plan: &Plan,
     template: Template,
     body: ReqBody,
-) -> Result<(Response<Incoming>, Option<PoolReturn>), LocalReason> {
+    skipped: &mut bool,
+) -> Result<Forwarded, LocalReason> {
     let started = tokio::time::Instant::now();
-    let deadline = plan.timeouts.per_request.map(|t| started + t);
+    let mut deadline = plan.timeouts.per_request.map(|t| started + t);
+    // A gRPC client's own deadline caps the route's.
+    if template.grpc
+        && let Some(t) = template
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+    {
+        let d = started + t;
+        deadline = Some(deadline.map_or(d, |x| x.min(d)));
+    }
+    let upstream = &plan.upstream;
+    let stats = &upstream.stats;
+    let _request = upstream.budget.start_request();
+    let permit = match &upstream.limiter {
+        Some(limiter) => Some(admit(upstream, limiter, deadline).await?),
+        None => None,
+    };
     let replay = match &body {
         ReqBody::Empty => Some(None),
         ReqBody::Full(Some(b)) => Some(Some(b.clone())),
         _ => None,
     };
     let mut body = Some(body);
-    let stats = &plan.upstream.stats;
     let mut last_addr: Option<SocketAddr> = None;
     let mut attempt: u32 = 0;
+    // The retry slot of the attempt in flight, held until the request ends.
+    let mut _retry: Option<InFlightRetry> = None;
     loop {
-        let can_retry = attempt < plan.retry.max_retries && replay.is_some();
+        let allowed = attempt < plan.retry.max_retries;
+        let can_retry = allowed && replay.is_some();
         let attempt_body = match (&replay, body.take()) {
             (_, Some(b)) => b,
             (Some(None), None) => ReqBody::Empty,
@@ -410,15 +458,27 @@ async fn forward(
         match outcome {
             Attempt::Response(resp, pool_return) => {
                 let status = resp.status().as_u16();
-                if can_retry && retry_on_response(&plan.retry, &template, &resp) {
-                    stats.rq_retry.increment(1);
-                    drop(resp);
-                    drop(pool_return);
+                let retriable = retry_on_response(&plan.retry, &template, &resp);
+                *skipped |= retriable && allowed && replay.is_none();
+                let slot = if can_retry && retriable {
+                    // A request retries one attempt at a time: it keeps its slot.
+                    _retry.take().or_else(|| retry_slot(upstream))
                 } else {
-                    if attempt > 0 && status < 500 {
-                        stats.rq_retry_success.increment(1);
+                    None
+                };
+                match slot {
+                    Some(slot) => {
+                        _retry = Some(slot);
+                        stats.rq_retry.increment(1);
+                        drop(resp);
+                        drop(pool_return);
                     }
-                    return Ok((resp, pool_return));
+                    None => {
+                        if attempt > 0 && status < 500 {
+                            stats.rq_retry_success.increment(1);
+                        }
+                        return Ok((resp, pool_return, permit));
+                    }
                 }
             }
             Attempt::Failed(reason, retriable) => {
@@ -428,12 +488,20 @@ async fn forward(
                     stats.rq_timeout.increment(1);
                     return Err(LocalReason::Timeout);
                 }
-                if !(can_retry && retriable) {
+                *skipped |= retriable && allowed && replay.is_none();
+                let slot = if can_retry && retriable {
+                    // A request retries one attempt at a time: it keeps its slot.
+                    _retry.take().or_else(|| retry_slot(upstream))
+                } else {
+                    None
+                };
+                let Some(slot) = slot else {
                     if reason == LocalReason::Timeout {
                         stats.rq_timeout.increment(1);
                     }
                     return Err(reason);
-                }
+                };
+                _retry = Some(slot);
                 stats.rq_retry.increment(1);
             }
         }
@@ -449,13 +517,43 @@ async fn forward(
     }
 }
 
-/// Fully jittered exponential back-off before retry `n` (1-based).
-fn backoff(n: u32) -> Duration {
-    let cap = RETRY_BACKOFF_BASE
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(RETRY_BACKOFF_MAX);
-    let nanos = cap.as_nanos().min(u64::MAX as u128) as u64;
-    Duration::from_nanos(fastrand::u64(0..=nanos))
+/// A retry slot from the cluster's budget; counts `upstream_rq_retry_overflow` when spent.
+fn retry_slot(upstream: &Upstream) -> Option<InFlightRetry> {
+    let slot = upstream.budget.try_retry();
+    if slot.is_none() {
+        upstream.extra.rq_retry_overflow.increment(1);
+    }
+    slot
+}
+
+/// Passes the cluster's circuit breaker: a free slot at once, else a bounded wait (HTTP/1
+/// `maxPendingRequests`) within the request's deadline, else a fast overflow.
+async fn admit(
+    upstream: &Upstream,
+    limiter: &Limiter,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Permit, LocalReason> {
+    if let Ok(p) = limiter.try_acquire() {
+        return Ok(p);
+    }
+    if upstream.protocol() == Protocol::Http {
+        // Every connection allowed is in use.
+        upstream.extra.cx_overflow.increment(1);
+    }
+    let waited = match deadline {
+        Some(d) => match timeout_at(d, limiter.acquire()).await {
+            Ok(r) => r,
+            Err(_) => {
+                upstream.stats.rq_timeout.increment(1);
+                return Err(LocalReason::Timeout);
+            }
+        },
+        None => limiter.acquire().await,
+    };
+    waited.map_err(|_| {
+        upstream.stats.rq_pending_overflow.increment(1);
+        LocalReason::Overflow
+    })
 }
 
 async fn one_attempt(
@@ -503,16 +601,21 @@ async fn one_attempt(
     };
     match result {
         Ok((resp, pool_return)) => {
-            upstream
-                .stats
-                .record_response(resp.status().as_u16(), started);
+            let status = resp.status().as_u16();
+            upstream.stats.record_response(status, started);
             if let Some(g) = guard {
+                if status >= 500 {
+                    upstream.record_outlier_error(g.endpoint());
+                }
                 g.finish(started.elapsed());
             }
             Attempt::Response(resp, pool_return)
         }
         Err(err) => {
             tracing::debug!(cluster = upstream.name(), %addr, error = %err, "upstream attempt failed");
+            if let Some(g) = &guard {
+                upstream.record_outlier_error(g.endpoint());
+            }
             let retriable = retry_on_error(&plan.retry, &err);
             let reason = if err.is_connect_failure() {
                 LocalReason::ConnectFailure

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use outrider_balance::Algorithm;
 use outrider_config::{
-    ClusterId, EgressFilter, Protocol, Provider, RetryPolicy, RouteAction, Snapshot, Timeouts,
+    ClusterId, ConnectionPool, EgressFilter, Protocol, Provider, RetryPolicy, RouteAction,
+    Snapshot, Timeouts,
 };
+use outrider_policy::RetryBudgetConfig;
 use outrider_route::{RequestParts, RouteTable};
 
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamPolicy};
 
 /// Retry policy for traffic to the local app (ingress): App Mesh applies route retries on the
 /// client side only.
@@ -35,6 +37,15 @@ pub struct RuntimeOptions {
     pub algorithm: Algorithm,
     /// Default is 5 s.
     pub connect_timeout: Duration,
+    /// Retry budget of every egress cluster (extension, not App Mesh: App Mesh has no retry
+    /// budget and allows unbounded concurrent retries). Default is 20 % of requests in flight,
+    /// at least 3 retries.
+    pub retry_budget: RetryBudgetConfig,
+    /// Client-side circuit breaking (extension, not App Mesh): when true, this proxy also
+    /// applies the TARGET node listener's `connectionPool` to its own egress traffic toward
+    /// that listener's cluster, so one client cannot overrun it alone. App Mesh applies
+    /// `connectionPool` only on the target's own proxy. Default is false.
+    pub client_side_limits: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -42,6 +53,8 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             algorithm: Algorithm::P2c,
             connect_timeout: outrider_transport::DEFAULT_CONNECT_TIMEOUT,
+            retry_budget: RetryBudgetConfig::default(),
+            client_side_limits: false,
         }
     }
 }
@@ -91,24 +104,35 @@ impl Runtime {
     /// Builds the run-time view. Clusters of `previous` with the same name are reused, so pools,
     /// endpoint state and discovery survive a reload.
     pub fn new(snapshot: Arc<Snapshot>, previous: Option<&Runtime>, opts: RuntimeOptions) -> Self {
-        let reuse = |name: &str, protocol: Protocol| -> Option<Arc<Upstream>> {
+        let reuse = |name: &str, protocol: Protocol, policy: &UpstreamPolicy| {
             let prev = previous?;
             prev.clusters
                 .iter()
                 .chain(prev.locals.iter())
-                .find(|u| u.name() == name && u.protocol() == protocol)
+                .find(|u| u.name() == name && u.protocol() == protocol && u.policy() == policy)
                 .cloned()
         };
         let clusters = snapshot
             .clusters
             .iter()
             .map(|c| {
-                reuse(&c.name, c.protocol).unwrap_or_else(|| {
-                    Arc::new(Upstream::new(
+                let policy = UpstreamPolicy {
+                    connection_pool: if opts.client_side_limits {
+                        c.connection_pool
+                    } else {
+                        ConnectionPool::default()
+                    },
+                    health_check: c.health_check.clone(),
+                    outlier_detection: c.outlier_detection.clone(),
+                    retry_budget: opts.retry_budget,
+                };
+                reuse(&c.name, c.protocol, &policy).unwrap_or_else(|| {
+                    Arc::new(Upstream::with_policy(
                         &c.name,
                         c.protocol,
                         opts.algorithm,
                         opts.connect_timeout,
+                        policy,
                     ))
                 })
             })
@@ -117,12 +141,19 @@ impl Runtime {
             .listeners
             .iter()
             .map(|l| {
-                let up = reuse(&l.cluster_name, l.protocol).unwrap_or_else(|| {
-                    Arc::new(Upstream::new(
+                // Limits toward the local app are the listener's own `connectionPool`.
+                let policy = UpstreamPolicy {
+                    connection_pool: l.connection_pool,
+                    retry_budget: opts.retry_budget,
+                    ..UpstreamPolicy::default()
+                };
+                let up = reuse(&l.cluster_name, l.protocol, &policy).unwrap_or_else(|| {
+                    Arc::new(Upstream::with_policy(
                         &l.cluster_name,
                         l.protocol,
                         Algorithm::RoundRobin,
                         opts.connect_timeout,
+                        policy,
                     ))
                 });
                 up.set_endpoints(&[SocketAddr::from(([127, 0, 0, 1], l.port))]);

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use outrider_config::Protocol;
+use outrider_config::{DEFAULT_IDLE_TIMEOUT, Protocol};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::idle::{Activity, Tracked};
 use crate::proxy::{ConnInfo, Direction, ListenerCtx, ProxyService};
 use crate::runtime::TcpDecision;
 
@@ -103,7 +104,10 @@ async fn serve_http(
 ) {
     ctx.stats.cx_total.increment(1);
     ctx.stats.cx_active.increment(1.0);
-    let service = ProxyService::new(ctx.clone(), conn);
+    let idle = idle_timeout(&ctx, conn);
+    let activity = Activity::new();
+    let service = ProxyService::new(ctx.clone(), conn).with_activity(activity.clone());
+    let stream = Tracked::new(stream, activity.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -128,15 +132,58 @@ async fn serve_http(
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+        _ = idle_wait(&activity, idle) => {
+            tracing::debug!(peer = %conn.peer, "downstream connection idle: closing");
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
     ctx.stats.cx_active.decrement(1.0);
+}
+
+/// The listener's idle timeout on ingress; App Mesh's default (300 s) on egress, where a
+/// connection is not tied to one route.
+fn idle_timeout(ctx: &ListenerCtx, conn: ConnInfo) -> Option<Duration> {
+    let runtime = ctx.runtime.load();
+    if runtime.is_transparent() {
+        return Some(DEFAULT_IDLE_TIMEOUT);
+    }
+    match ctx.direction {
+        Direction::Ingress => runtime
+            .ingress_listener(conn.orig_dst.map(|a| a.port()))
+            .and_then(|i| runtime.snapshot().listeners.get(i))
+            .map_or(Some(DEFAULT_IDLE_TIMEOUT), |l| l.timeouts.idle),
+        Direction::Egress => Some(DEFAULT_IDLE_TIMEOUT),
+    }
+}
+
+async fn idle_wait(activity: &Activity, idle: Option<Duration>) {
+    match idle {
+        Some(idle) => activity.idle_for(idle).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
     let runtime = ctx.runtime.load_full();
     let orig_port = conn.orig_dst.map(|a| a.port());
+    let mut permit = None;
     let (target, idle) = match ctx.direction {
         Direction::Ingress => {
+            // The listener's `connectionPool.tcp.maxConnections`: overflow closes at once.
+            if let Some(local) = runtime
+                .ingress_listener(orig_port)
+                .and_then(|i| runtime.locals().get(i))
+                && let Some(limiter) = &local.limiter
+            {
+                match limiter.try_acquire() {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => {
+                        local.extra.cx_overflow.increment(1);
+                        return;
+                    }
+                }
+            }
             let port = match runtime
                 .ingress_listener(orig_port)
                 .and_then(|i| runtime.snapshot().listeners.get(i))
@@ -176,6 +223,7 @@ async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
             return;
         }
     };
+    let _permit = permit;
     match outrider_transport::proxy(stream, upstream, idle).await {
         Ok((sent, received)) => {
             ctx.stats.tcp_bytes_received.increment(sent);

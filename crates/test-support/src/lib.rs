@@ -2,5 +2,6 @@
 //! faults, and network namespaces.
 
 pub mod dns;
+pub mod faults;
 pub mod netns;
 pub mod servers;

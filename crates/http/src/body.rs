@@ -59,6 +59,30 @@ impl Body for ReqBody {
 /// pool once fully read), or a local reply.
 pub struct RespBody {
     kind: RespKind,
+    /// The access-log entry this response completes, with the body bytes sent so far.
+    log: Option<Box<LogState>>,
+}
+
+struct LogState {
+    pending: Option<crate::access::Pending>,
+    sent: u64,
+    trailers: Option<http::HeaderMap>,
+    complete: bool,
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        let at_end = self.kind_is_end();
+        if let Some(state) = self.log.as_mut()
+            && let Some(p) = state.pending.take()
+        {
+            p.finish(
+                state.sent,
+                state.trailers.as_ref(),
+                state.complete || at_end,
+            );
+        }
+    }
 }
 
 enum RespKind {
@@ -84,6 +108,7 @@ impl RespBody {
                 on_end,
                 permit,
             },
+            log: None,
         };
         body.release_if_done();
         body
@@ -94,6 +119,7 @@ impl RespBody {
         let bytes = bytes.into();
         RespBody {
             kind: RespKind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+            log: None,
         }
     }
 
@@ -101,6 +127,41 @@ impl RespBody {
     pub fn empty() -> Self {
         RespBody {
             kind: RespKind::Full(None),
+            log: None,
+        }
+    }
+
+    /// Attaches the access-log entry that this body completes.
+    pub(crate) fn attach_log(&mut self, pending: crate::access::Pending) {
+        self.log = Some(Box::new(LogState {
+            pending: Some(pending),
+            sent: 0,
+            trailers: None,
+            complete: false,
+        }));
+    }
+
+    fn kind_is_end(&self) -> bool {
+        match &self.kind {
+            RespKind::Full(data) => data.is_none(),
+            RespKind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) {
+        let Some(state) = self.log.as_mut() else {
+            return;
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    state.sent += data.len() as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    state.trailers = Some(t.clone());
+                }
+            }
+            Poll::Ready(None) => state.complete = true,
+            _ => {}
         }
     }
 
@@ -135,7 +196,7 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        match &mut this.kind {
+        let polled = match &mut this.kind {
             RespKind::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
             RespKind::Upstream {
                 inner,
@@ -169,7 +230,11 @@ impl Body for RespBody {
                 }
                 polled
             }
+        };
+        if this.log.is_some() {
+            this.observe(&polled);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,6 +1,7 @@
 //! The proxy: HTTP/1.1, h2c and gRPC routing and forwarding, upstream pools, and the dispatch
 //! of each accepted connection to the L7 or L4 path.
 
+mod access;
 mod body;
 mod headers;
 mod health;
@@ -12,6 +13,7 @@ mod runtime;
 mod server;
 mod upstream;
 
+pub use access::{AccessLog, next_connection_id};
 pub use body::{ReqBody, RespBody};
 pub use headers::{request_id, split_authority};
 pub use health::DEFAULT_HEALTH_PATH;

@@ -69,6 +69,8 @@ pub struct ListenerCtx {
 /// One downstream connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
+    /// Process-unique connection id (`%CONNECTION_ID%`).
+    pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// The original destination of a redirected connection.
@@ -127,6 +129,8 @@ struct Plan {
     h2: bool,
     timeouts: Timeouts,
     retry: RetryPolicy,
+    /// The matched route's name, for access logs.
+    route: Option<Arc<str>>,
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -143,24 +147,89 @@ fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
     Authority::try_from(host.as_bytes()).ok()
 }
 
-async fn handle(
+/// What the access log needs from the request path.
+#[derive(Default)]
+struct Trail {
+    upstream_host: Option<SocketAddr>,
+    cluster: Option<String>,
+    route: Option<Arc<str>>,
+    request_headers: Option<HeaderMap>,
+}
+
+async fn handle(ctx: &ListenerCtx, conn: ConnInfo, req: Request<Incoming>) -> Response<RespBody> {
+    let runtime = ctx.runtime.load_full();
+    let Some(log) = runtime.access_log().cloned() else {
+        return handle_inner(ctx, conn, &runtime, req, None).await;
+    };
+    let start_wall = std::time::SystemTime::now();
+    let start = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let version = req.version();
+    let authority = request_authority(&req).map(|a| a.as_str().to_string());
+    let bytes_received = req.body().size_hint().exact().unwrap_or(0);
+    let mut trail = Trail::default();
+    let mut resp = handle_inner(ctx, conn, &runtime, req, Some(&mut trail)).await;
+    let flags = resp
+        .extensions()
+        .get::<LocalReason>()
+        .map_or("", |r| r.flag());
+    let pending = crate::access::Pending {
+        log,
+        start_wall,
+        start,
+        method,
+        uri,
+        authority,
+        version,
+        request_headers: trail.request_headers.unwrap_or_default(),
+        bytes_received,
+        response_headers: resp.headers().clone(),
+        status: resp.status().as_u16(),
+        flags,
+        first_byte: start.elapsed(),
+        upstream_host: trail.upstream_host,
+        cluster: trail.cluster,
+        route: trail.route,
+        remote: conn.peer,
+        local: conn.orig_dst.unwrap_or(conn.local),
+        connection_id: conn.id,
+    };
+    resp.body_mut().attach_log(pending);
+    resp
+}
+
+async fn handle_inner(
     ctx: &ListenerCtx,
     conn: ConnInfo,
+    runtime: &Runtime,
     mut req: Request<Incoming>,
+    mut trail: Option<&mut Trail>,
 ) -> Response<RespBody> {
-    let runtime = ctx.runtime.load_full();
     let grpc = is_grpc(req.headers());
     let authority = request_authority(&req);
-    let plan = match decide(ctx, conn, &runtime, &req, authority.as_ref()).await {
+    let plan = match decide(ctx, conn, runtime, &req, authority.as_ref()).await {
         Ok(plan) => plan,
-        Err(reason) => return local_reply(reason, grpc),
+        Err(reason) => {
+            if let Some(t) = trail.as_deref_mut() {
+                t.request_headers = Some(req.headers().clone());
+            }
+            return local_reply(reason, grpc);
+        }
     };
+    if let Some(t) = trail.as_deref_mut() {
+        t.cluster = Some(plan.upstream.name().to_string());
+        t.route = plan.route.clone();
+    }
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let downstream_version = req.version();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarding(&mut parts.headers, conn.peer.ip(), "http");
+    if let Some(t) = trail.as_deref_mut() {
+        t.request_headers = Some(parts.headers.clone());
+    }
 
     let retries_possible = plan.retry.max_retries > 0 && !upgrade;
     let body = match prepare_body(body, retries_possible).await {
@@ -187,7 +256,12 @@ async fn handle(
     };
 
     let mut skipped = false;
-    let mut resp = match forward(&plan, template, body, &mut skipped).await {
+    let mut host = None;
+    let forwarded = forward(&plan, template, body, &mut skipped, &mut host).await;
+    if let Some(t) = trail {
+        t.upstream_host = host;
+    }
+    let mut resp = match forwarded {
         Ok((resp, pool_return, permit)) => {
             let (mut head, body) = resp.into_parts();
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -234,6 +308,7 @@ async fn decide(
                 h2: downstream_h2,
                 timeouts: Timeouts::default(),
                 retry: NO_RETRY,
+                route: None,
             });
         }
         let index = runtime
@@ -251,6 +326,7 @@ async fn decide(
             fixed: None,
             timeouts: listener.timeouts,
             retry: NO_RETRY,
+            route: None,
         });
     }
 
@@ -273,13 +349,14 @@ async fn decide(
             upstream,
             timeouts,
             retry,
-            ..
+            route,
         } => Ok(Plan {
             h2: upstream.protocol().is_h2(),
             upstream: upstream.clone(),
             fixed: None,
             timeouts,
             retry,
+            route: route.map(Arc::from),
         }),
         HttpDecision::NoRoute => Err(LocalReason::NoRoute),
         HttpDecision::NoCluster => Err(LocalReason::NoHealthyUpstream),
@@ -298,6 +375,7 @@ async fn decide(
                 h2: downstream_h2,
                 timeouts: Timeouts::default(),
                 retry: NO_RETRY,
+                route: None,
             })
         }
     }
@@ -407,6 +485,7 @@ async fn forward(
     template: Template,
     body: ReqBody,
     skipped: &mut bool,
+    last_addr: &mut Option<SocketAddr>,
 ) -> Result<Forwarded, LocalReason> {
     let started = tokio::time::Instant::now();
     let mut deadline = plan.timeouts.per_request.map(|t| started + t);
@@ -433,7 +512,6 @@ async fn forward(
         _ => None,
     };
     let mut body = Some(body);
-    let mut last_addr: Option<SocketAddr> = None;
     let mut attempt: u32 = 0;
     // The retry slot of the attempt in flight, held until the request ends.
     let mut _retry: Option<InFlightRetry> = None;
@@ -451,8 +529,8 @@ async fn forward(
             &template,
             attempt_body,
             deadline,
+            *last_addr,
             last_addr,
-            &mut last_addr,
         )
         .await;
         match outcome {

@@ -14,6 +14,7 @@ use outrider_config::{
 use outrider_policy::RetryBudgetConfig;
 use outrider_route::{RequestParts, RouteTable};
 
+use crate::access::AccessLog;
 use crate::upstream::{Upstream, UpstreamPolicy};
 
 /// Retry policy for traffic to the local app (ingress): App Mesh applies route retries on the
@@ -98,6 +99,8 @@ pub struct Runtime {
     tcp_ports: HashMap<u16, usize>,
     /// True when there is no config at all: a transparent pass-through sidecar.
     transparent: bool,
+    /// The node's access log, if it has one.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Runtime {
@@ -189,6 +192,21 @@ impl Runtime {
                 }
             }
         }
+        // Keep the open log (and its writer thread) when a reload did not change it.
+        let access_log = snapshot.access_log.as_ref().and_then(|cfg| {
+            if let Some(prev) = previous.and_then(|p| p.access_log.as_ref())
+                && prev.config() == cfg
+            {
+                return Some(prev.clone());
+            }
+            match AccessLog::open(cfg) {
+                Ok(log) => Some(Arc::new(log)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot open the access log; requests are not logged");
+                    None
+                }
+            }
+        });
         Runtime {
             snapshot,
             clusters,
@@ -197,7 +215,30 @@ impl Runtime {
             hosts,
             tcp_ports,
             transparent: false,
+            access_log,
         }
+    }
+
+    /// The transparent sidecar with an access log (`--access-log`).
+    pub fn transparent_with_log(
+        opts: RuntimeOptions,
+        log: Option<outrider_config::AccessLog>,
+    ) -> Self {
+        let mut rt = Runtime::transparent(opts);
+        if let Some(cfg) = log {
+            match AccessLog::open(&cfg) {
+                Ok(l) => rt.access_log = Some(Arc::new(l)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot open the access log; requests are not logged")
+                }
+            }
+        }
+        rt
+    }
+
+    /// The access log requests and connections are written to, if any.
+    pub fn access_log(&self) -> Option<&Arc<AccessLog>> {
+        self.access_log.as_ref()
     }
 
     /// The runtime of `outrider run` without `--config`: everything passes through.

@@ -168,6 +168,10 @@ async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
     let runtime = ctx.runtime.load_full();
     let orig_port = conn.orig_dst.map(|a| a.port());
     let mut permit = None;
+    let log = runtime.access_log().cloned();
+    let start_wall = std::time::SystemTime::now();
+    let start = std::time::Instant::now();
+    let mut cluster = crate::runtime::PASSTHROUGH_CLUSTER.to_string();
     let (target, idle) = match ctx.direction {
         Direction::Ingress => {
             // The listener's `connectionPool.tcp.maxConnections`: overflow closes at once.
@@ -195,11 +199,20 @@ async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
                 .ingress_listener(orig_port)
                 .and_then(|i| runtime.snapshot().listeners.get(i))
                 .and_then(|l| l.timeouts.idle);
+            if let Some(local) = runtime
+                .ingress_listener(orig_port)
+                .and_then(|i| runtime.locals().get(i))
+            {
+                cluster = local.name().to_string();
+            }
             (std::net::SocketAddr::from(([127, 0, 0, 1], port)), idle)
         }
         Direction::Egress => match runtime.route_tcp(conn.orig_dst) {
             TcpDecision::Cluster { upstream, idle } => match upstream.balancer.pick() {
-                Some(ep) => (ep.addr(), idle),
+                Some(ep) => {
+                    cluster = upstream.name().to_string();
+                    (ep.addr(), idle)
+                }
                 None => return,
             },
             TcpDecision::Passthrough(addr) => (addr, None),
@@ -220,16 +233,48 @@ async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
         Ok(s) => s,
         Err(err) => {
             tracing::debug!(%target, error = %err, "tcp upstream connect failed");
+            if let Some(log) = &log {
+                let local = conn.orig_dst.unwrap_or(conn.local);
+                log.log_tcp(
+                    start_wall,
+                    start.elapsed(),
+                    0,
+                    0,
+                    Some(target),
+                    &cluster,
+                    conn.peer,
+                    local,
+                    "UF",
+                    conn.id,
+                );
+            }
             return;
         }
     };
     let _permit = permit;
-    match outrider_transport::proxy(stream, upstream, idle).await {
-        Ok((sent, received)) => {
-            ctx.stats.tcp_bytes_received.increment(sent);
-            ctx.stats.tcp_bytes_sent.increment(received);
+    let (sent, received) = match outrider_transport::proxy(stream, upstream, idle).await {
+        Ok((sent, received)) => (sent, received),
+        Err(err) => {
+            tracing::debug!(%target, error = %err, "tcp proxy ended with an error");
+            (0, 0)
         }
-        Err(err) => tracing::debug!(%target, error = %err, "tcp proxy ended with an error"),
+    };
+    ctx.stats.tcp_bytes_received.increment(sent);
+    ctx.stats.tcp_bytes_sent.increment(received);
+    if let Some(log) = &log {
+        let local = conn.orig_dst.unwrap_or(conn.local);
+        log.log_tcp(
+            start_wall,
+            start.elapsed(),
+            sent,
+            received,
+            Some(target),
+            &cluster,
+            conn.peer,
+            local,
+            "",
+            conn.id,
+        );
     }
 }
 

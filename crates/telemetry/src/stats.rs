@@ -141,7 +141,20 @@ impl TelemetryOptions {
         opts.statsd = Some(StatsdOptions {
             target,
             tags: flag("STATSD_TAGS")?.unwrap_or(true),
-            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            // Outrider's own variable (not in the App Mesh image): how often samples are sent.
+            flush_interval: match lookup("STATSD_FLUSH_INTERVAL_MS").filter(|v| !v.trim().is_empty()) {
+                None => DEFAULT_FLUSH_INTERVAL,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+                    _ => {
+                        return Err(TelemetryError::InvalidEnv {
+                            name: "STATSD_FLUSH_INTERVAL_MS",
+                            value: v,
+                            reason: "expected a positive number of milliseconds",
+                        });
+                    }
+                },
+            },
         });
         Ok(opts)
     }

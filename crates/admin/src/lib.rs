@@ -2,6 +2,8 @@
 //! (`--metrics-addr`), served over HTTP/1.1.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +14,21 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// A reload in progress, as the admin endpoint awaits it.
+pub type ReloadFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<serde_json::Value, ReloadError>> + Send + 'a>>;
+
+/// Why `POST /reload` changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The proxy runs without `--config` (or from an in-memory spec): there is nothing to re-read.
+    #[error("no configuration files to reload")]
+    NotConfigured,
+    /// The new configuration has errors; the running one stays. One entry per problem.
+    #[error("configuration refused ({} problems); the running configuration stays", .0.len())]
+    Refused(Vec<String>),
+}
 
 /// Where the admin endpoint reads the proxy's state and sends its commands.
 pub trait AdminSource: Send + Sync + 'static {
@@ -31,6 +48,11 @@ pub trait AdminSource: Send + Sync + 'static {
     fn drain(&self);
     /// Changes the log level (`POST /logging?level=L`).
     fn set_log_level(&self, level: &str) -> Result<(), String>;
+    /// Re-reads the configuration files and swaps the new configuration in (`POST /reload`).
+    /// `Ok` holds the reload report as JSON. Default is [`ReloadError::NotConfigured`].
+    fn reload(&self) -> ReloadFuture<'_> {
+        Box::pin(async { Err(ReloadError::NotConfigured) })
+    }
 }
 
 /// Which endpoints a listener serves.
@@ -63,9 +85,18 @@ pub async fn serve(
         };
         let source = source.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let source = source.clone();
-                async move { Ok::<_, Infallible>(route(&*source, scope, req)) }
+                async move {
+                    // The only endpoint that waits: a reload reads files and resolves names.
+                    if scope == AdminScope::Full
+                        && req.uri().path() == "/reload"
+                        && *req.method() == Method::POST
+                    {
+                        return Ok::<_, Infallible>(reload_response(source.reload().await));
+                    }
+                    Ok::<_, Infallible>(route(&*source, scope, req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -110,7 +141,10 @@ fn route(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let method = req.method();
-    let mutation = matches!(path, "/quitquitquit" | "/drain_listeners" | "/logging");
+    let mutation = matches!(
+        path,
+        "/quitquitquit" | "/drain_listeners" | "/logging" | "/reload"
+    );
     if mutation && *method != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "this endpoint takes POST\n");
     }
@@ -168,9 +202,28 @@ fn route(
         "/" | "/help" => text(
             StatusCode::OK,
             "GET /ready\nGET /server_info\nGET /config_dump\nGET /clusters\nGET /stats\nGET /stats/prometheus\n\
-             POST /drain_listeners\nPOST /logging?level=L\nPOST /quitquitquit\n",
+             POST /drain_listeners\nPOST /logging?level=L\nPOST /quitquitquit\nPOST /reload\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `POST /reload`: 200 with the report, 400 with every problem, 409 without config files.
+fn reload_response(outcome: Result<serde_json::Value, ReloadError>) -> Response<Full<Bytes>> {
+    match outcome {
+        Ok(report) => json(&report),
+        Err(ReloadError::NotConfigured) => text(
+            StatusCode::CONFLICT,
+            "no configuration files to reload (started without --config)\n",
+        ),
+        Err(ReloadError::Refused(problems)) => {
+            let mut body = String::from("configuration refused; the running configuration stays\n");
+            for p in &problems {
+                body.push_str(p);
+                body.push('\n');
+            }
+            text(StatusCode::BAD_REQUEST, body)
+        }
     }
 }
 
@@ -195,6 +248,19 @@ fn envoy_stats_text(prometheus: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reload_refusal_lists_every_problem() {
+        let r = reload_response(Err(ReloadError::Refused(vec![
+            "a: bad".into(),
+            "b: worse".into(),
+        ])));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = reload_response(Err(ReloadError::NotConfigured));
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let r = reload_response(Ok(serde_json::json!({"version": 2})));
+        assert_eq!(r.status(), StatusCode::OK);
+    }
 
     #[test]
     fn stats_text_from_prometheus() {

@@ -84,7 +84,10 @@ mod tests {
         let start = Instant::now();
         drain(&i, &e, WAIT, DEFAULT_DRAIN_QUIET).await;
         let took = start.elapsed();
-        assert!(took >= DEFAULT_DRAIN_QUIET && took < DEFAULT_DRAIN_QUIET * 2, "{took:?}");
+        assert!(
+            took >= DEFAULT_DRAIN_QUIET && took < DEFAULT_DRAIN_QUIET * 2,
+            "{took:?}"
+        );
         assert!(i.stop.is_cancelled() && e.stop.is_cancelled());
     }
 
@@ -103,7 +106,10 @@ mod tests {
         drain(&i, &e, WAIT, DEFAULT_DRAIN_QUIET).await;
         let took = start.elapsed();
         assert!(i.stop.is_cancelled());
-        assert!(watcher.await.unwrap(), "egress closed during the app's call");
+        assert!(
+            watcher.await.unwrap(),
+            "egress closed during the app's call"
+        );
         assert!(took >= call + DEFAULT_DRAIN_QUIET, "{took:?}");
         assert!(took < call + DEFAULT_DRAIN_QUIET * 2, "{took:?}");
     }
@@ -115,7 +121,10 @@ mod tests {
         let start = Instant::now();
         drain(&i, &e, WAIT, DEFAULT_DRAIN_QUIET).await;
         let took = start.elapsed();
-        assert!(took >= WAIT && took <= WAIT + DRAIN_FINAL_GRACE * 2, "{took:?}");
+        assert!(
+            took >= WAIT && took <= WAIT + DRAIN_FINAL_GRACE * 2,
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

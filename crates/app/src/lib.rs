@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::drain::Gate;
-use crate::reload::ReloadState;
 pub use crate::drain::{DEFAULT_DRAIN_QUIET, DRAIN_FINAL_GRACE};
+use crate::reload::ReloadState;
 pub use crate::reload::{
     ConfigSource, RELOAD_DEBOUNCE, RELOAD_FAILURES_TOTAL, RELOAD_TOTAL, ReloadError, ReloadReport,
     Trigger,
@@ -37,6 +37,9 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
 pub const STARTUP_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 /// How long a drain waits for egress traffic (`LISTENER_DRAIN_WAIT_TIME_S`). Default is 20 s.
 pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(20);
+
+/// How long shutdown and drain wait for queued spans to reach the collector. Default is 2 s.
+pub const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything `outrider run` needs to start.
 #[derive(Debug, Clone)]
@@ -61,6 +64,10 @@ pub struct ProxyOptions {
     pub config_source: Option<ConfigSource>,
     /// Reload when the directories of `config_source` change. Default is true.
     pub watch_config: bool,
+    /// Distributed tracing. None reads the OTel/X-Ray variables
+    /// ([`outrider_telemetry::TracingOptions::from_env`]); tracing stays off when none is set.
+    /// Default is None.
+    pub tracing: Option<outrider_telemetry::TracingOptions>,
 }
 
 impl ProxyOptions {
@@ -80,6 +87,7 @@ impl ProxyOptions {
             drain_quiet: DEFAULT_DRAIN_QUIET,
             config_source: None,
             watch_config: true,
+            tracing: None,
         }
     }
 }
@@ -109,6 +117,8 @@ struct Shared {
     reload: ReloadState,
     server: ServerStats,
     addrs: Addrs,
+    /// Spans are flushed to the collector on shutdown and drain.
+    tracer: Option<Arc<outrider_telemetry::Tracer>>,
 }
 
 /// The addresses the proxy actually bound.
@@ -152,6 +162,9 @@ impl RunningProxy {
             self.shared.egress.close(grace),
         );
         let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        if let Some(t) = &self.shared.tracer {
+            t.flush(TRACE_FLUSH_TIMEOUT).await;
+        }
         self.shared.quit.cancel();
     }
 
@@ -168,6 +181,9 @@ impl RunningProxy {
             self.shared.drain_quiet,
         )
         .await;
+        if let Some(t) = &self.shared.tracer {
+            t.flush(TRACE_FLUSH_TIMEOUT).await;
+        }
         self.shared.quit.cancel();
     }
 
@@ -231,6 +247,16 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             outrider_telemetry::install_metrics();
         }
     }
+    let tracing_opts = match opts.tracing.clone() {
+        Some(t) => Some(t),
+        None => outrider_telemetry::TracingOptions::from_env(&node).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "bad tracing environment; tracing off");
+            None
+        }),
+    };
+    let tracer = tracing_opts
+        .as_ref()
+        .map(outrider_telemetry::Tracer::start);
     let ingress = bind("ingress", opts.ingress_addr)?;
     let egress = bind("egress", opts.egress_addr)?;
     let admin = opts.admin_addr.map(|a| bind("admin", a)).transpose()?;
@@ -265,6 +291,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         ),
         server: ServerStats::new(),
         addrs,
+        tracer: tracer.clone(),
     });
     let tracker = TaskTracker::new();
 
@@ -313,6 +340,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             runtime: shared.runtime.clone(),
             stats: ListenerStats::new(direction.as_str()),
             own_addrs: own.clone(),
+            tracer: tracer.clone(),
         });
         tracker.spawn(accept_loop(listener, ctx, gate.clone()));
     }
@@ -345,6 +373,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, gate: Gate) {
         let _ = outrider_transport::set_nodelay_keepalive(&stream);
         let local = stream.local_addr().unwrap_or(peer);
         let conn = ConnInfo {
+            id: outrider_http::next_connection_id(),
             peer,
             local,
             orig_dst: outrider_transport::original_dst(&stream),
@@ -407,10 +436,7 @@ impl AdminSource for Admin {
         }
         let mut dump = rt.snapshot().dump();
         if let Some(obj) = dump.as_object_mut() {
-            obj.insert(
-                "config_version".into(),
-                self.shared.reload.version().into(),
-            );
+            obj.insert("config_version".into(), self.shared.reload.version().into());
             obj.insert("config_hash".into(), rt.snapshot().hash.clone().into());
         }
         dump

@@ -230,7 +230,8 @@ impl DiscoverySet {
                     outrider_discovery::watch(resolver.clone(), target.clone())
                 }
             };
-            self.feeds.push(Feed::start(target, upstream.clone(), watch));
+            self.feeds
+                .push(Feed::start(target, upstream.clone(), watch));
         }
         let _ = tokio::time::timeout(STARTUP_DISCOVERY_WAIT, async {
             for &i in &fresh {
@@ -504,7 +505,10 @@ mod tests {
 
     #[test]
     fn dns_targets_follow_discovery() {
-        assert_eq!(dns_target(&Discovery::None, 80, Duration::from_secs(5)), None);
+        assert_eq!(
+            dns_target(&Discovery::None, 80, Duration::from_secs(5)),
+            None
+        );
         let t = dns_target(
             &Discovery::Dns {
                 hostname: "a.local".into(),

@@ -5,9 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use outrider_app::{DEFAULT_ADMIN_ADDR, DEFAULT_EGRESS_ADDR, DEFAULT_INGRESS_ADDR, ProxyOptions};
+use outrider_app::{
+    ConfigSource, DEFAULT_ADMIN_ADDR, DEFAULT_EGRESS_ADDR, DEFAULT_INGRESS_ADDR, ProxyOptions,
+    RunningProxy, Trigger,
+};
 use outrider_discovery::ResolverConfig;
 use outrider_telemetry::LogFormat;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::SpecArgs;
 
@@ -48,6 +52,9 @@ pub struct RunArgs {
     /// Seconds egress stays open after SIGTERM so the app can finish its calls.
     #[arg(long, env = "LISTENER_DRAIN_WAIT_TIME_S", default_value_t = 20)]
     pub drain_wait_s: u64,
+    /// Do not watch the --config files and directories; reload only on SIGHUP or POST /reload.
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -118,6 +125,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut config_source = None;
     let snapshot = if args.spec.config.is_empty() {
         tracing::info!("no --config: running as a transparent pass-through sidecar");
         None
@@ -134,6 +142,10 @@ pub fn run(args: RunArgs) -> ExitCode {
                 for w in &built.warnings {
                     tracing::warn!("{w}");
                 }
+                config_source = Some(ConfigSource {
+                    paths: args.spec.config.clone(),
+                    selector,
+                });
                 Some(built.snapshot)
             }
             Err(problems) => {
@@ -159,6 +171,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         LbPolicy::RoundRobin => outrider_balance_algorithm::ROUND_ROBIN,
     };
     opts.drain_wait = Duration::from_secs(args.drain_wait_s);
+    opts.config_source = config_source;
+    opts.watch_config = !args.no_watch;
 
     let workers = args.workers.filter(|w| *w > 0).unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -188,6 +202,17 @@ mod outrider_balance_algorithm {
 
 async fn serve(opts: ProxyOptions) -> ExitCode {
     let drain_wait = opts.drain_wait;
+    // Handlers first: SIGHUP's default action would kill the process while it starts.
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("outrider: cannot watch SIGTERM/SIGHUP: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let proxy = match outrider_app::start(opts).await {
         Ok(p) => p,
         Err(e) => {
@@ -202,26 +227,35 @@ async fn serve(opts: ProxyOptions) -> ExitCode {
         addrs.egress,
         addrs.admin.map_or("off".to_string(), |a| a.to_string())
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("outrider: cannot watch SIGTERM: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // SIGHUP reloads for as long as the process lives, draining included.
+    let reloads = reload_on_hangup(&proxy, &mut hup);
+    tokio::pin!(reloads);
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = term.recv() => tracing::info!(drain_wait_s = drain_wait.as_secs(), "SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        _ = &mut reloads => {}
         _ = proxy.quit_requested() => {
             tracing::info!("quit requested");
             return ExitCode::SUCCESS;
         }
     }
-    // A second signal exits at once.
+    // A second SIGTERM or SIGINT exits at once.
     tokio::select! {
-        _ = proxy.shutdown(drain_wait) => {}
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = proxy.drain() => tracing::info!("drained"),
+        _ = term.recv() => tracing::info!("second SIGTERM: exiting now"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting now"),
+        _ = &mut reloads => {}
+        _ = proxy.quit_requested() => tracing::info!("quit requested"),
     }
     ExitCode::SUCCESS
+}
+
+/// Reloads the configuration on every SIGHUP; never returns while signals can arrive.
+async fn reload_on_hangup(proxy: &RunningProxy, hup: &mut Signal) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged and counted by the reload itself.
+        let _ = proxy.reload(Trigger::Signal).await;
+    }
+    std::future::pending::<()>().await;
 }

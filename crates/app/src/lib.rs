@@ -59,6 +59,8 @@ pub struct ProxyOptions {
     pub drain_wait: Duration,
     /// A drain ends early once no connection has been open this long. Default is 1 s.
     pub drain_quiet: Duration,
+    /// Access log of the transparent sidecar (no snapshot). Default is None.
+    pub transparent_access_log: Option<outrider_config::AccessLog>,
     /// The files the snapshot came from, for reloads (SIGHUP, `POST /reload`, file changes).
     /// None: reloads are refused with [`ReloadError::NotConfigured`]. Default is None.
     pub config_source: Option<ConfigSource>,
@@ -85,6 +87,7 @@ impl ProxyOptions {
             runtime: RuntimeOptions::default(),
             drain_wait: DEFAULT_DRAIN_WAIT,
             drain_quiet: DEFAULT_DRAIN_QUIET,
+            transparent_access_log: None,
             config_source: None,
             watch_config: true,
             tracing: None,
@@ -254,9 +257,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             None
         }),
     };
-    let tracer = tracing_opts
-        .as_ref()
-        .map(outrider_telemetry::Tracer::start);
+    let tracer = tracing_opts.as_ref().map(outrider_telemetry::Tracer::start);
     let ingress = bind("ingress", opts.ingress_addr)?;
     let egress = bind("egress", opts.egress_addr)?;
     let admin = opts.admin_addr.map(|a| bind("admin", a)).transpose()?;
@@ -271,7 +272,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
 
     let runtime = match &opts.snapshot {
         Some(s) => Runtime::new(Arc::new(s.clone()), None, opts.runtime),
-        None => Runtime::transparent(opts.runtime),
+        None => Runtime::transparent_with_log(opts.runtime, opts.transparent_access_log.clone()),
     };
     let config_source = opts.snapshot.as_ref().and(opts.config_source.clone());
     let shared = Arc::new(Shared {

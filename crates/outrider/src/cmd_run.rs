@@ -55,6 +55,20 @@ pub struct RunArgs {
     /// Do not watch the --config files and directories; reload only on SIGHUP or POST /reload.
     #[arg(long)]
     pub no_watch: bool,
+    /// Access log of the transparent sidecar (no --config), in Envoy's default format; `off`
+    /// disables it. With --config, the node's `logging.accessLog` decides.
+    #[arg(long, default_value = "/dev/stdout")]
+    pub access_log: String,
+    /// Retry budget (extension): percent of requests in flight that may be retries.
+    #[arg(long, default_value_t = outrider_http::RetryBudgetConfig::default().percent)]
+    pub retry_budget_percent: f64,
+    /// Retry budget (extension): concurrent retries always allowed.
+    #[arg(long, default_value_t = outrider_http::RetryBudgetConfig::default().min_retry_concurrency)]
+    pub retry_budget_min: u32,
+    /// Client-side circuit breaking (extension): also apply each target listener's
+    /// `connectionPool` to this proxy's own egress traffic toward it.
+    #[arg(long)]
+    pub client_side_limits: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,6 +187,23 @@ pub fn run(args: RunArgs) -> ExitCode {
     opts.drain_wait = Duration::from_secs(args.drain_wait_s);
     opts.config_source = config_source;
     opts.watch_config = !args.no_watch;
+    if !(args.retry_budget_percent.is_finite()
+        && (0.0..=100.0).contains(&args.retry_budget_percent))
+    {
+        eprintln!("outrider: --retry-budget-percent must be within 0 to 100");
+        return ExitCode::from(1);
+    }
+    opts.runtime.retry_budget = outrider_http::RetryBudgetConfig {
+        percent: args.retry_budget_percent,
+        min_retry_concurrency: args.retry_budget_min,
+    };
+    opts.runtime.client_side_limits = args.client_side_limits;
+    if args.access_log != "off" {
+        opts.transparent_access_log = Some(outrider_config::AccessLog {
+            path: args.access_log.clone(),
+            format: outrider_config::AccessLogFormat::Default,
+        });
+    }
 
     let workers = args.workers.filter(|w| *w > 0).unwrap_or_else(|| {
         std::thread::available_parallelism()

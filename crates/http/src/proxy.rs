@@ -18,6 +18,10 @@ use outrider_config::{Protocol, RetryPolicy, Timeouts, grpc_retry, http_retry};
 use outrider_policy::{InFlightRetry, Limiter, Permit, backoff, parse_grpc_timeout};
 use outrider_route::RequestParts;
 use outrider_telemetry::ListenerStats;
+use outrider_telemetry::trace_context::{TraceContext, inject};
+use outrider_telemetry::tracing_export::{
+    AttrValue, FinishedSpan, RequestTrace, SpanKind, Tracer, unix_nanos,
+};
 use tokio::time::timeout_at;
 
 use crate::body::{ReqBody, RespBody};
@@ -64,6 +68,8 @@ pub struct ListenerCtx {
     pub stats: ListenerStats,
     /// The proxy's own listener addresses, never used as a destination (no loops).
     pub own_addrs: Vec<SocketAddr>,
+    /// Distributed tracing; None (the default) touches no trace header and builds no span.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// One downstream connection.
@@ -156,10 +162,107 @@ struct Trail {
     request_headers: Option<HeaderMap>,
 }
 
+/// The trace of one request while it is proxied.
+struct Traced {
+    tracer: Arc<Tracer>,
+    request: RequestTrace,
+    /// Whether spans are built and exported (sampled, and an exporter configured).
+    record: bool,
+    /// The ingress server span, whose id the local app sees as its parent.
+    server: TraceContext,
+    cluster: Option<String>,
+}
+
+/// What an upstream attempt needs to open a client span and propagate it.
+struct AttemptTrace {
+    tracer: Arc<Tracer>,
+    request: RequestTrace,
+    record: bool,
+    cluster: String,
+}
+
 async fn handle(ctx: &ListenerCtx, conn: ConnInfo, req: Request<Incoming>) -> Response<RespBody> {
+    let Some(tracer) = &ctx.tracer else {
+        return handle_logged(ctx, conn, req, None).await;
+    };
+    let request = tracer.begin(req.headers());
+    let record = request.sampled && tracer.exporting();
+    let mut traced = Traced {
+        tracer: tracer.clone(),
+        server: request.child(),
+        request,
+        record,
+        cluster: None,
+    };
+    // Egress emits client spans per attempt only, as Envoy's sidecar does.
+    if !(record && ctx.direction == Direction::Ingress) {
+        return handle_logged(ctx, conn, req, Some(&mut traced)).await;
+    }
+    let start = unix_nanos();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let authority = request_authority(&req).map(|a| a.host().to_string());
+    let version = protocol_version(req.version());
+    let resp = handle_logged(ctx, conn, req, Some(&mut traced)).await;
+    let status = resp.status().as_u16();
+    let mut attributes = vec![
+        ("http.request.method", AttrValue::Str(method.clone())),
+        ("url.path", AttrValue::Str(path)),
+        (
+            "http.response.status_code",
+            AttrValue::Int(i64::from(status)),
+        ),
+        ("network.protocol.version", AttrValue::Str(version.into())),
+        (
+            "network.peer.address",
+            AttrValue::Str(conn.peer.ip().to_string()),
+        ),
+    ];
+    if let Some(a) = authority {
+        attributes.push(("server.address", AttrValue::Str(a)));
+    }
+    if let Some(c) = traced.cluster.take() {
+        attributes.push(("upstream.cluster", AttrValue::Str(c)));
+    }
+    let error = match resp.extensions().get::<LocalReason>() {
+        Some(r) => Some(r.flag().to_string()),
+        None => (status >= 500).then(|| status.to_string()),
+    };
+    let failed = error.is_some();
+    if let Some(e) = error {
+        attributes.push(("error.type", AttrValue::Str(e)));
+    }
+    traced.tracer.record(FinishedSpan {
+        trace_id: traced.server.trace_id,
+        span_id: traced.server.span_id,
+        parent_span_id: traced.request.parent_span_id(),
+        name: method,
+        kind: SpanKind::Server,
+        start_unix_nanos: start,
+        end_unix_nanos: unix_nanos(),
+        attributes,
+        error: failed,
+    });
+    resp
+}
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        _ => "1.1",
+    }
+}
+
+async fn handle_logged(
+    ctx: &ListenerCtx,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    traced: Option<&mut Traced>,
+) -> Response<RespBody> {
     let runtime = ctx.runtime.load_full();
     let Some(log) = runtime.access_log().cloned() else {
-        return handle_inner(ctx, conn, &runtime, req, None).await;
+        return handle_inner(ctx, conn, &runtime, req, None, traced).await;
     };
     let start_wall = std::time::SystemTime::now();
     let start = Instant::now();
@@ -169,7 +272,7 @@ async fn handle(ctx: &ListenerCtx, conn: ConnInfo, req: Request<Incoming>) -> Re
     let authority = request_authority(&req).map(|a| a.as_str().to_string());
     let bytes_received = req.body().size_hint().exact().unwrap_or(0);
     let mut trail = Trail::default();
-    let mut resp = handle_inner(ctx, conn, &runtime, req, Some(&mut trail)).await;
+    let mut resp = handle_inner(ctx, conn, &runtime, req, Some(&mut trail), traced).await;
     let flags = resp
         .extensions()
         .get::<LocalReason>()
@@ -205,6 +308,7 @@ async fn handle_inner(
     runtime: &Runtime,
     mut req: Request<Incoming>,
     mut trail: Option<&mut Trail>,
+    mut traced: Option<&mut Traced>,
 ) -> Response<RespBody> {
     let grpc = is_grpc(req.headers());
     let authority = request_authority(&req);
@@ -221,12 +325,31 @@ async fn handle_inner(
         t.cluster = Some(plan.upstream.name().to_string());
         t.route = plan.route.clone();
     }
+    if let Some(t) = traced.as_deref_mut()
+        && t.record
+    {
+        t.cluster = Some(plan.upstream.name().to_string());
+    }
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let downstream_version = req.version();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarding(&mut parts.headers, conn.peer.ip(), "http");
+    // Ingress hands the app the server span; egress writes a new span per attempt.
+    let attempt_trace = match traced {
+        Some(t) if ctx.direction == Direction::Ingress => {
+            inject(&t.server, &mut parts.headers, t.request.formats);
+            None
+        }
+        Some(t) => Some(AttemptTrace {
+            tracer: t.tracer.clone(),
+            request: t.request.clone(),
+            record: t.record,
+            cluster: plan.upstream.name().to_string(),
+        }),
+        None => None,
+    };
     if let Some(t) = trail.as_deref_mut() {
         t.request_headers = Some(parts.headers.clone());
     }
@@ -253,6 +376,7 @@ async fn handle_inner(
         uri,
         headers: parts.headers,
         grpc,
+        trace: attempt_trace,
     };
 
     let mut skipped = false;
@@ -440,6 +564,7 @@ struct Template {
     uri: Uri,
     headers: HeaderMap,
     grpc: bool,
+    trace: Option<AttemptTrace>,
 }
 
 impl Template {
@@ -658,7 +783,12 @@ async fn one_attempt(
     };
     *used = Some(addr);
     let pool = upstream.pools.get(addr);
-    let req = template.request(body, plan.h2);
+    let mut req = template.request(body, plan.h2);
+    let span = template.trace.as_ref().map(|t| {
+        let child = t.request.child();
+        inject(&child, req.headers_mut(), t.request.formats);
+        (t, child, unix_nanos())
+    });
     let try_deadline = match (plan.retry.per_retry_timeout, deadline) {
         (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
         (Some(t), None) => Some(tokio::time::Instant::now() + t),
@@ -671,6 +801,9 @@ async fn one_attempt(
         Some(d) => match timeout_at(d, send).await {
             Ok(r) => r,
             Err(_) => {
+                if let Some((t, child, start)) = span {
+                    client_span(template, plan.h2, t, child, start, addr, Err("timeout"));
+                }
                 // Dropping the future cancels the upstream attempt.
                 return Attempt::Failed(LocalReason::Timeout, true);
             }
@@ -680,6 +813,9 @@ async fn one_attempt(
     match result {
         Ok((resp, pool_return)) => {
             let status = resp.status().as_u16();
+            if let Some((t, child, start)) = span {
+                client_span(template, plan.h2, t, child, start, addr, Ok(status));
+            }
             upstream.stats.record_response(status, started);
             if let Some(g) = guard {
                 if status >= 500 {
@@ -700,9 +836,81 @@ async fn one_attempt(
             } else {
                 LocalReason::UpstreamReset
             };
+            if let Some((t, child, start)) = span {
+                let kind = if reason == LocalReason::ConnectFailure {
+                    "connect_failure"
+                } else {
+                    "upstream_reset"
+                };
+                client_span(template, plan.h2, t, child, start, addr, Err(kind));
+            }
             Attempt::Failed(reason, retriable)
         }
     }
+}
+
+/// Records the client span of one attempt: `Ok(status)` or `Err(error.type)`.
+fn client_span(
+    template: &Template,
+    h2: bool,
+    t: &AttemptTrace,
+    child: TraceContext,
+    start: u64,
+    addr: SocketAddr,
+    outcome: Result<u16, &'static str>,
+) {
+    if !t.record {
+        return;
+    }
+    let host = template.uri.host().map(str::to_string).or_else(|| {
+        let h = template.headers.get(header::HOST)?.to_str().ok()?;
+        Some(split_authority(h).0.to_string())
+    });
+    let mut attributes = vec![
+        (
+            "http.request.method",
+            AttrValue::Str(template.method.to_string()),
+        ),
+        ("url.path", AttrValue::Str(template.uri.path().to_string())),
+        ("upstream.cluster", AttrValue::Str(t.cluster.clone())),
+        (
+            "network.protocol.version",
+            AttrValue::Str(if h2 { "2" } else { "1.1" }.into()),
+        ),
+        (
+            "network.peer.address",
+            AttrValue::Str(addr.ip().to_string()),
+        ),
+        ("network.peer.port", AttrValue::Int(i64::from(addr.port()))),
+    ];
+    if let Some(h) = host {
+        attributes.push(("server.address", AttrValue::Str(h)));
+    }
+    let error = match outcome {
+        Ok(status) => {
+            attributes.push((
+                "http.response.status_code",
+                AttrValue::Int(i64::from(status)),
+            ));
+            (status >= 500).then(|| status.to_string())
+        }
+        Err(kind) => Some(kind.to_string()),
+    };
+    let failed = error.is_some();
+    if let Some(e) = error {
+        attributes.push(("error.type", AttrValue::Str(e)));
+    }
+    t.tracer.record(FinishedSpan {
+        trace_id: child.trace_id,
+        span_id: child.span_id,
+        parent_span_id: t.request.parent_span_id(),
+        name: template.method.to_string(),
+        kind: SpanKind::Client,
+        start_unix_nanos: start,
+        end_unix_nanos: unix_nanos(),
+        attributes,
+        error: failed,
+    });
 }
 
 fn retry_on_error(policy: &RetryPolicy, err: &SendError) -> bool {

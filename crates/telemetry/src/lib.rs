@@ -1,10 +1,11 @@
 //! Telemetry: Envoy-named metrics (Prometheus and StatsD/DogStatsD through the `metrics` facade),
-//! process log setup, and trace context propagation.
+//! process log setup, trace context propagation, and span export over OTLP.
 
 mod logging;
 mod stats;
 mod statsd;
 pub mod trace_context;
+pub mod tracing_export;
 
 pub use logging::{LogFormat, LogLevelError, init_logging, parse_level, set_level};
 pub use stats::{
@@ -14,4 +15,7 @@ pub use stats::{
 pub use statsd::{
     DEFAULT_FLUSH_INTERVAL, DEFAULT_STATSD_ADDRESS, DEFAULT_STATSD_PORT, StatsdOptions,
     StatsdRecorder, StatsdTarget,
+};
+pub use tracing_export::{
+    OtlpOptions, OtlpProtocol, RequestTrace, Sampler, Tracer, TracingError, TracingOptions,
 };

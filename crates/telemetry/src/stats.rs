@@ -142,7 +142,9 @@ impl TelemetryOptions {
             target,
             tags: flag("STATSD_TAGS")?.unwrap_or(true),
             // Outrider's own variable (not in the App Mesh image): how often samples are sent.
-            flush_interval: match lookup("STATSD_FLUSH_INTERVAL_MS").filter(|v| !v.trim().is_empty()) {
+            flush_interval: match lookup("STATSD_FLUSH_INTERVAL_MS")
+                .filter(|v| !v.trim().is_empty())
+            {
                 None => DEFAULT_FLUSH_INTERVAL,
                 Some(v) => match v.trim().parse::<u64>() {
                     Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),

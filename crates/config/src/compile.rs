@@ -16,11 +16,11 @@ use crate::model::{
 };
 use crate::validate::{protocol, to_duration};
 use crate::{
-    AccessLog, AccessLogFormat, Cluster, ClusterId, ConnectionPool, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PER_REQUEST_TIMEOUT, Discovery, EgressFilter, HealthCheck, Identity, IpPreference,
-    NodeListener, OutlierDetection, Problem, Protocol, Provider, ResponseType, RetryPolicy,
-    RouteAction, Router, RouterListener, Snapshot, Timeouts, VirtualService, grpc_retry,
-    http_retry,
+    AccessLog, AccessLogFormat, CertFiles, ClientTls, Cluster, ClusterId, ConnectionPool,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_PER_REQUEST_TIMEOUT, Discovery, EgressFilter, HealthCheck,
+    Identity, IpPreference, ListenerTls, ListenerTlsMode, NodeListener, OutlierDetection, Problem,
+    Protocol, Provider, ResponseType, RetryPolicy, RouteAction, Router, RouterListener, Snapshot,
+    Timeouts, VirtualService, grpc_retry, http_retry,
 };
 
 /// The environment variable App Mesh's Envoy image reads its identity from.
@@ -162,10 +162,22 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
         .map(|l| c.node_listener(node_name, l))
         .collect();
     let mut backends = Vec::new();
+    let default_policy = spec
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref());
     for b in &spec.backends {
         let model::Backend::VirtualService(vs) = b;
+        let first_new = c.clusters.len();
         if let Some(svc) = c.backend(node, &vs.virtual_service_name) {
             backends.push(svc);
+        }
+        // A cluster shared by several backends keeps the policy of the first that reached it.
+        let policy = vs.client_policy.as_ref().or(default_policy);
+        if let Some(tls) = policy.and_then(|p| p.tls.as_ref()) {
+            for cluster in &mut c.clusters[first_new..] {
+                cluster.tls = client_tls(tls, &vs.virtual_service_name, cluster.port);
+            }
         }
     }
     let access_log = access_log(spec);
@@ -232,6 +244,7 @@ impl<'a> Compiler<'a> {
             timeouts,
             connection_pool,
             cluster_name: format!("cds_ingress_{}_{node}_{}_{port}", self.mesh, proto.as_str()),
+            tls: l.tls.as_ref().and_then(listener_tls),
         }
     }
 
@@ -530,6 +543,7 @@ impl<'a> Compiler<'a> {
                         .unwrap_or_default(),
                     max_ejection_percent: u32::try_from(od.max_ejection_percent).unwrap_or(0),
                 }),
+            tls: None,
         };
         self.clusters.push(cluster);
         self.interned.insert((node.to_owned(), lport), id);
@@ -563,6 +577,68 @@ impl<'a> Compiler<'a> {
 }
 
 /// A port already range-checked by validation; out-of-range values become 0 (never matched).
+/// A listener's TLS when it can be served offline: `DISABLED`, ACM and SDS certificates give
+/// none (validation warns about the last two).
+fn listener_tls(tls: &model::ListenerTls) -> Option<ListenerTls> {
+    let mode = match tls.mode {
+        model::TlsMode::Strict => ListenerTlsMode::Strict,
+        model::TlsMode::Permissive => ListenerTlsMode::Permissive,
+        model::TlsMode::Disabled => return None,
+    };
+    let model::ListenerTlsCertificate::File(cert) = &tls.certificate else {
+        return None;
+    };
+    let validation = tls.validation.as_ref();
+    let client_trust = validation.and_then(|v| match &v.trust {
+        model::ListenerTlsTrust::File(f) => Some(f.certificate_chain.clone()),
+        model::ListenerTlsTrust::Sds(_) => None,
+    });
+    Some(ListenerTls {
+        mode,
+        certificate: cert_files(cert),
+        client_trust,
+        client_sans: validation
+            .and_then(|v| v.subject_alternative_names.as_ref())
+            .map(|s| s.match_.exact.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// A client policy's TLS for one cluster port: none when `enforce` is false, when `ports` is
+/// set and leaves this port out, or when the trust is not a file (ACM and SDS, warned).
+fn client_tls(tls: &model::ClientPolicyTls, service: &str, port: u16) -> Option<ClientTls> {
+    if !tls.enforce.unwrap_or(true) {
+        return None;
+    }
+    if !tls.ports.is_empty() && !tls.ports.iter().any(|p| i64::from(port) == *p) {
+        return None;
+    }
+    let model::TlsTrust::File(trust) = &tls.validation.trust else {
+        return None;
+    };
+    Some(ClientTls {
+        server_name: service.to_owned(),
+        certificate: match &tls.certificate {
+            Some(model::ClientTlsCertificate::File(f)) => Some(cert_files(f)),
+            _ => None,
+        },
+        trust: trust.certificate_chain.clone(),
+        sans: tls
+            .validation
+            .subject_alternative_names
+            .as_ref()
+            .map(|s| s.match_.exact.clone())
+            .unwrap_or_default(),
+    })
+}
+
+fn cert_files(f: &model::TlsFileCertificate) -> CertFiles {
+    CertFiles {
+        certificate_chain: f.certificate_chain.clone(),
+        private_key: f.private_key.clone(),
+    }
+}
+
 fn port(p: i64) -> u16 {
     u16::try_from(p).unwrap_or(0)
 }

@@ -253,6 +253,52 @@ pub struct Cluster {
     pub connection_pool: ConnectionPool,
     pub health_check: Option<HealthCheck>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS origination toward the endpoints, from the client policy of the first backend that
+    /// reaches this cluster. Default is none (plaintext).
+    pub tls: Option<ClientTls>,
+}
+
+/// A PEM certificate chain and its PEM private key, both read from files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFiles {
+    pub certificate_chain: String,
+    pub private_key: String,
+}
+
+/// `ListenerTlsMode`, with `DISABLED` compiled away (no [`ListenerTls`] at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerTlsMode {
+    /// TLS only.
+    Strict,
+    /// TLS and plaintext on the same port.
+    Permissive,
+}
+
+/// A listener's `tls` with a file certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerTls {
+    pub mode: ListenerTlsMode,
+    pub certificate: CertFiles,
+    /// `validation.trust.file.certificateChain`: when set, clients must present a certificate
+    /// issued by one of these CAs (mTLS). Default is none (no client certificate asked).
+    pub client_trust: Option<String>,
+    /// `validation.subjectAlternativeNames.match.exact`: the client certificate must carry one
+    /// of these SANs. Default is empty (any SAN).
+    pub client_sans: Vec<String>,
+}
+
+/// A client policy's `tls`, as applied to one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientTls {
+    /// The name sent in SNI: the virtual service name of the backend.
+    pub server_name: String,
+    /// `certificate.file`: the client certificate for mTLS. Default is none.
+    pub certificate: Option<CertFiles>,
+    /// `validation.trust.file.certificateChain`: the CAs the upstream must chain to.
+    pub trust: String,
+    /// `validation.subjectAlternativeNames.match.exact`: the upstream certificate must carry
+    /// one of these SANs. Default is empty (any SAN the trust vouches for).
+    pub sans: Vec<String>,
 }
 
 /// One of this node's own listeners (the ingress side).
@@ -264,6 +310,8 @@ pub struct NodeListener {
     pub connection_pool: ConnectionPool,
     /// `cds_ingress_<mesh>_<node>_<protocol>_<port>`.
     pub cluster_name: String,
+    /// TLS termination. Default is none (plaintext, or `mode: DISABLED`).
+    pub tls: Option<ListenerTls>,
 }
 
 /// Access log format.

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use crate::Problem;
 use crate::load::{Kind, Resource, Resources, Spec};
 use crate::model::{
-    ConnectionPoolSpec, Duration, DurationUnit, HeaderMatchMethod, HeaderMatchSpec,
-    HealthCheckPolicy, HostnameMatch, HttpPathMatch, HttpQueryParameter, ListenerTimeout,
-    ListenerTls, ListenerTlsCertificate, PortMapping, PortProtocol, RetryPolicySpec,
-    RouteActionSpec, ServiceDiscovery, VirtualNodeSpec, VirtualServiceProvider,
+    ClientPolicy, ClientTlsCertificate, ConnectionPoolSpec, Duration, DurationUnit,
+    HeaderMatchMethod, HeaderMatchSpec, HealthCheckPolicy, HostnameMatch, HttpPathMatch,
+    HttpQueryParameter, ListenerTimeout, ListenerTls, ListenerTlsCertificate, ListenerTlsTrust,
+    PortMapping, PortProtocol, RetryPolicySpec, RouteActionSpec, ServiceDiscovery, TlsMode,
+    TlsTrust, VirtualNodeSpec, VirtualServiceProvider,
 };
 
 /// Fields App Mesh accepts that Outrider does not honour yet, and the documented extensions:
@@ -18,7 +19,7 @@ use crate::model::{
 pub const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "spec.listeners[].tls",
-        "listener TLS is not implemented yet; traffic is plaintext",
+        "listener TLS needs a file certificate offline; this listener serves plaintext",
     ),
     (
         "spec.listeners[].tls.certificate.acm",
@@ -29,12 +30,24 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "SDS certificates are not supported; use certificate.file offline",
     ),
     (
+        "spec.listeners[].tls.validation.trust.sds",
+        "SDS trust is not supported; client certificates are not asked for",
+    ),
+    (
         "spec.backendDefaults.clientPolicy",
-        "client TLS policy is not implemented yet and is ignored",
+        "a client policy without tls has no effect",
     ),
     (
         "spec.backends[].virtualService.clientPolicy",
-        "client TLS policy is not implemented yet and is ignored",
+        "a client policy without tls has no effect",
+    ),
+    (
+        "clientPolicy.tls.validation.trust",
+        "only validation.trust.file can be read offline; this client policy is ignored and traffic is plaintext",
+    ),
+    (
+        "clientPolicy.tls.certificate.sds",
+        "SDS client certificates are not supported; no client certificate is sent",
     ),
     ("spec.logging.accessLog", "access logs are not written yet"),
     (
@@ -305,24 +318,27 @@ impl<'a> Ctx<'a> {
 
     fn node(&mut self, r: &'a Resource, s: &VirtualNodeSpec) {
         let mesh = self.mesh_of(r);
-        if s.backend_defaults
+        if let Some(cp) = s
+            .backend_defaults
             .as_ref()
-            .is_some_and(|b| b.client_policy.is_some())
+            .and_then(|b| b.client_policy.as_ref())
         {
-            self.warn(
+            self.client_policy(
                 r,
                 "spec.backendDefaults.clientPolicy",
                 "spec.backendDefaults.clientPolicy",
+                cp,
             );
         }
         for (i, b) in s.backends.iter().enumerate() {
             let crate::model::Backend::VirtualService(vs) = b;
             let p = format!("spec.backends[{i}].virtualService");
-            if vs.client_policy.is_some() {
-                self.warn(
+            if let Some(cp) = &vs.client_policy {
+                self.client_policy(
                     r,
                     "spec.backends[].virtualService.clientPolicy",
                     &format!("{p}.clientPolicy"),
+                    cp,
                 );
             }
             if self
@@ -439,8 +455,41 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    fn client_policy(&mut self, r: &Resource, pattern: &str, path: &str, cp: &ClientPolicy) {
+        let Some(tls) = &cp.tls else {
+            self.warn(r, pattern, path);
+            return;
+        };
+        if !matches!(tls.validation.trust, TlsTrust::File(_)) {
+            self.warn(
+                r,
+                "clientPolicy.tls.validation.trust",
+                &format!("{path}.tls.validation.trust"),
+            );
+        }
+        if let Some(ClientTlsCertificate::Sds(_)) = &tls.certificate {
+            self.warn(
+                r,
+                "clientPolicy.tls.certificate.sds",
+                &format!("{path}.tls.certificate.sds"),
+            );
+        }
+    }
+
     fn tls(&mut self, r: &Resource, path: &str, tls: &ListenerTls) {
-        self.warn(r, "spec.listeners[].tls", path);
+        if tls.mode == TlsMode::Disabled {
+            return;
+        }
+        if !matches!(tls.certificate, ListenerTlsCertificate::File(_)) {
+            self.warn(r, "spec.listeners[].tls", path);
+        }
+        if let Some(ListenerTlsTrust::Sds(_)) = tls.validation.as_ref().map(|v| &v.trust) {
+            self.warn(
+                r,
+                "spec.listeners[].tls.validation.trust.sds",
+                &format!("{path}.validation.trust.sds"),
+            );
+        }
         match &tls.certificate {
             ListenerTlsCertificate::Acm(_) => {
                 self.warn(

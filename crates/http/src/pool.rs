@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrider_telemetry::ClusterStats;
+use outrider_tls::{ClientTls, MaybeTls};
 use outrider_transport::ConnectError;
+use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
 
@@ -54,6 +56,22 @@ impl SendError {
     }
 }
 
+/// How connections to a cluster's endpoints are secured.
+#[derive(Debug, Clone, Default)]
+pub enum Origination {
+    /// Plaintext (h2c or HTTP/1.1). The default.
+    #[default]
+    Plain,
+    /// TLS from the cluster's client policy.
+    Tls(Arc<ClientTls>),
+    /// TLS is required but its files could not be used: every connect fails rather than
+    /// falling back to plaintext.
+    Broken(Arc<str>),
+}
+
+/// The origination of a cluster, shared by its endpoint pools and swapped on reload.
+pub(crate) type SharedOrigination = Arc<ArcSwap<Origination>>;
+
 struct Idle {
     tx: http1::SendRequest<ReqBody>,
     since: Instant,
@@ -66,6 +84,7 @@ pub struct EndpointPool {
     h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
     h2_dial: tokio::sync::Mutex<()>,
     stats: ClusterStats,
+    origination: SharedOrigination,
 }
 
 /// Gives an HTTP/1.1 connection back to its pool when the response body has been read.
@@ -81,13 +100,14 @@ impl PoolReturn {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr, stats: ClusterStats) -> Self {
+    fn new(addr: SocketAddr, stats: ClusterStats, origination: SharedOrigination) -> Self {
         EndpointPool {
             addr,
             idle: Mutex::new(Vec::new()),
             h2: ArcSwapOption::empty(),
             h2_dial: tokio::sync::Mutex::new(()),
             stats,
+            origination,
         }
     }
 
@@ -253,9 +273,28 @@ impl EndpointPool {
         Ok(tx)
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<tokio::net::TcpStream, SendError> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<MaybeTls<TcpStream>, SendError> {
+        let origination = self.origination.load_full();
+        if let Origination::Broken(reason) = &*origination {
+            self.stats.cx_connect_fail.increment(1);
+            return Err(SendError::Connect(ConnectError::Other(
+                std::io::Error::other(reason.to_string()),
+            )));
+        }
         match outrider_transport::connect(self.addr, connect_timeout).await {
             Ok(stream) => {
+                let stream = match &*origination {
+                    Origination::Tls(tls) => match tls.connect(stream).await {
+                        Ok(s) => MaybeTls::Client(Box::new(s)),
+                        Err(err) => {
+                            // A failed handshake is a connect failure (Envoy: UF).
+                            tracing::debug!(addr = %self.addr, error = %err, "upstream TLS handshake failed");
+                            self.stats.cx_connect_fail.increment(1);
+                            return Err(SendError::Connect(ConnectError::Other(err)));
+                        }
+                    },
+                    _ => MaybeTls::Plain(stream),
+                };
                 self.stats.cx_total.increment(1);
                 self.stats.cx_active.increment(1.0);
                 Ok(stream)
@@ -289,6 +328,7 @@ pub struct PoolSet {
     write: Mutex<()>,
     stats: ClusterStats,
     bounded: bool,
+    origination: SharedOrigination,
 }
 
 impl PoolSet {
@@ -299,6 +339,7 @@ impl PoolSet {
             write: Mutex::new(()),
             stats,
             bounded: false,
+            origination: SharedOrigination::default(),
         }
     }
 
@@ -325,7 +366,11 @@ impl PoolSet {
         } else {
             (*current).clone()
         };
-        let pool = Arc::new(EndpointPool::new(addr, self.stats.clone()));
+        let pool = Arc::new(EndpointPool::new(
+            addr,
+            self.stats.clone(),
+            self.origination.clone(),
+        ));
         next.insert(addr, pool.clone());
         self.map.store(Arc::new(next));
         pool
@@ -344,6 +389,19 @@ impl PoolSet {
             .map(|(a, p)| (*a, p.clone()))
             .collect();
         self.map.store(Arc::new(next));
+    }
+
+    /// Secures new connections as `origination` says. Pooled connections made under the
+    /// previous setting are dropped so that none outlives a change of security.
+    pub(crate) fn set_origination(&self, origination: Origination) {
+        let _guard = self.write.lock();
+        self.origination.store(Arc::new(origination));
+        self.map.store(Arc::new(HashMap::new()));
+    }
+
+    /// How new connections are secured.
+    pub(crate) fn origination(&self) -> Arc<Origination> {
+        self.origination.load_full()
     }
 
     /// Every pool (for `/clusters`).

@@ -115,7 +115,7 @@ impl Runtime {
                 .find(|u| u.name() == name && u.protocol() == protocol && u.policy() == policy)
                 .cloned()
         };
-        let clusters = snapshot
+        let clusters: Vec<Arc<Upstream>> = snapshot
             .clusters
             .iter()
             .map(|c| {
@@ -140,6 +140,9 @@ impl Runtime {
                 })
             })
             .collect();
+        for (up, c) in clusters.iter().zip(&snapshot.clusters) {
+            up.set_client_tls(c.tls.as_ref());
+        }
         let locals = snapshot
             .listeners
             .iter()

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use outrider_config::{DEFAULT_IDLE_TIMEOUT, Protocol};
+use outrider_config::{DEFAULT_IDLE_TIMEOUT, ListenerTlsMode, Protocol};
+use outrider_tls::{ServerTls, TLS_HANDSHAKE_BYTE};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +23,17 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// HTTP/2 streams per downstream connection. Default is 1024.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Most request-head fields on HTTP/1.1; more is answered 431. Default is 100.
+pub const MAX_HEADERS: usize = 100;
+/// Largest request head (HTTP/1.1 read buffer) and HTTP/2 header list; more is answered 431.
+/// Default is 60 KiB.
+pub const MAX_HEADER_BYTES: usize = 60 * 1024;
+/// HTTP/2 streams the client may reset before the server accepts them, before the connection
+/// is closed with GOAWAY (rapid-reset defence). Default is 20.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// HTTP/2 streams the server may reset for protocol errors before the connection is closed
+/// with GOAWAY. Default is 1024.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +84,25 @@ pub async fn serve_connection(
 ) {
     let runtime = ctx.runtime.load_full();
     let orig_port = conn.orig_dst.map(|a| a.port());
+    let tls = match listener_tls(&runtime, ctx.direction, orig_port) {
+        Ok(tls) => tls,
+        Err(err) => {
+            // Fail closed: a listener that should speak TLS never falls back to plaintext.
+            tracing::warn!(peer = %conn.peer, error = %err, "listener TLS unusable: closing connection");
+            return;
+        }
+    };
+    if let Some(tls) = tls {
+        let terminate = match tls.mode() {
+            ListenerTlsMode::Strict => true,
+            ListenerTlsMode::Permissive => first_byte(&stream).await == Some(TLS_HANDSHAKE_BYTE),
+        };
+        if terminate {
+            drop(runtime);
+            serve_tls(stream, &tls, ctx, conn, shutdown).await;
+            return;
+        }
+    }
     let l4 = match ctx.direction {
         Direction::Ingress => {
             if runtime.is_transparent() {
@@ -96,12 +128,71 @@ pub async fn serve_connection(
     }
 }
 
-async fn serve_http(
+/// The TLS settings of the ingress listener a connection arrived on, if it terminates TLS.
+fn listener_tls(
+    runtime: &crate::runtime::Runtime,
+    direction: Direction,
+    orig_port: Option<u16>,
+) -> Result<Option<Arc<ServerTls>>, outrider_tls::TlsError> {
+    if direction != Direction::Ingress || runtime.is_transparent() {
+        return Ok(None);
+    }
+    match runtime
+        .ingress_listener(orig_port)
+        .and_then(|i| runtime.snapshot().listeners.get(i))
+        .and_then(|l| l.tls.as_ref())
+    {
+        Some(spec) => outrider_tls::server_tls(spec).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The first byte the client sends, waiting at most [`HEADER_READ_TIMEOUT`].
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut buf = [0u8; 1];
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut buf)).await {
+        Ok(Ok(1)) => Some(buf[0]),
+        _ => None,
+    }
+}
+
+/// Terminates TLS, then serves the decrypted stream as HTTP, or as TCP on a TCP listener.
+async fn serve_tls(
     stream: TcpStream,
+    tls: &ServerTls,
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
     shutdown: CancellationToken,
 ) {
+    let stream = match tls.accept(stream).await {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::debug!(peer = %conn.peer, error = %err, "downstream TLS handshake failed");
+            return;
+        }
+    };
+    let l4 = {
+        let runtime = ctx.runtime.load();
+        runtime
+            .ingress_listener(conn.orig_dst.map(|a| a.port()))
+            .and_then(|i| runtime.snapshot().listeners.get(i))
+            .is_some_and(|l| l.protocol == Protocol::Tcp)
+    };
+    if l4 {
+        serve_tcp(stream, &ctx, conn).await;
+    } else {
+        serve_http(stream, ctx, conn, shutdown).await;
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnInfo,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     ctx.stats.cx_total.increment(1);
     ctx.stats.cx_active.increment(1.0);
     let idle = idle_timeout(&ctx, conn);
@@ -113,12 +204,15 @@ async fn serve_http(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(100);
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(60 * 1024)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .adaptive_window(true);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -164,7 +258,37 @@ async fn idle_wait(activity: &Activity, idle: Option<Duration>) {
     }
 }
 
-async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
+/// A downstream stream the L4 path can splice to an upstream socket.
+trait L4Stream: Send {
+    fn proxy_to(
+        self,
+        upstream: TcpStream,
+        idle: Option<Duration>,
+    ) -> impl Future<Output = std::io::Result<(u64, u64)>> + Send;
+}
+
+impl L4Stream for TcpStream {
+    /// Plain TCP keeps reset propagation (zero linger on error).
+    fn proxy_to(
+        self,
+        upstream: TcpStream,
+        idle: Option<Duration>,
+    ) -> impl Future<Output = std::io::Result<(u64, u64)>> + Send {
+        outrider_transport::proxy(self, upstream, idle)
+    }
+}
+
+impl L4Stream for outrider_tls::ServerStream<TcpStream> {
+    fn proxy_to(
+        self,
+        upstream: TcpStream,
+        idle: Option<Duration>,
+    ) -> impl Future<Output = std::io::Result<(u64, u64)>> + Send {
+        outrider_transport::proxy_io(self, upstream, idle)
+    }
+}
+
+async fn serve_tcp<S: L4Stream>(stream: S, ctx: &ListenerCtx, conn: ConnInfo) {
     let runtime = ctx.runtime.load_full();
     let orig_port = conn.orig_dst.map(|a| a.port());
     let mut permit = None;
@@ -252,7 +376,7 @@ async fn serve_tcp(stream: TcpStream, ctx: &ListenerCtx, conn: ConnInfo) {
         }
     };
     let _permit = permit;
-    let (sent, received) = match outrider_transport::proxy(stream, upstream, idle).await {
+    let (sent, received) = match stream.proxy_to(upstream, idle).await {
         Ok((sent, received)) => (sent, received),
         Err(err) => {
             tracing::debug!(%target, error = %err, "tcp proxy ended with an error");

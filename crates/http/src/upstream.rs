@@ -12,9 +12,10 @@ use outrider_balance::{Algorithm, Balancer, Endpoint, OutlierConfig, OutlierDete
 use outrider_config::{ConnectionPool, HealthCheck, OutlierDetection, Protocol};
 use outrider_policy::{Limiter, LimiterConfig, RetryBudget, RetryBudgetConfig};
 use outrider_telemetry::ClusterStats;
+use outrider_tls::ClientTls;
 use tokio::task::AbortHandle;
 
-use crate::pool::PoolSet;
+use crate::pool::{Origination, PoolSet};
 
 /// Requests allowed to wait for an HTTP/1 connection when `connectionPool.http` sets
 /// `maxConnections` but not `maxPendingRequests` (Envoy's default). Default is 1024.
@@ -163,6 +164,32 @@ impl Upstream {
     /// Connect timeout for new connections. Default is 5 s.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// Applies the cluster's client-policy TLS (`None`: plaintext). Unchanged settings keep
+    /// the pools; a change drops pooled connections so that new ones use the new setting. When
+    /// the files cannot be used, connects fail instead of falling back to plaintext.
+    pub fn set_client_tls(&self, tls: Option<&outrider_config::ClientTls>) {
+        let current = self.pools.origination();
+        let same = match (&*current, tls) {
+            (Origination::Plain, None) => true,
+            (Origination::Tls(t), Some(spec)) => t.spec() == spec,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let next = match tls {
+            None => Origination::Plain,
+            Some(spec) => match ClientTls::new(spec, self.protocol.is_h2()) {
+                Ok(t) => Origination::Tls(t),
+                Err(err) => {
+                    tracing::error!(cluster = self.name(), error = %err, "client TLS unusable: connections to this cluster will fail");
+                    Origination::Broken(Arc::from(err.to_string()))
+                }
+            },
+        };
+        self.pools.set_origination(next);
     }
 
     /// Replaces the endpoint set. Requests in flight on removed endpoints finish normally.

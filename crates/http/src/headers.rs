@@ -30,6 +30,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Connection: upgrade` and `Upgrade` are kept so the upgrade reaches the next hop. `TE` is kept
 /// only as `trailers` (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most requests and responses carry none of these: one pass over the names (cheap
+    // comparisons, no hashing) saves a handful of hashed removals per message.
+    if !upgrade && !headers.keys().any(is_hop_by_hop_name) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -65,22 +70,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::TE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
 /// Appends the downstream address to `x-forwarded-for`, sets `x-forwarded-proto` when absent and
-/// adds an `x-request-id` when absent.
+/// adds an `x-request-id` when absent. One hashed lookup per header, one allocation for the
+/// address.
 pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, scheme: &'static str) {
-    let peer_text = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev},{peer_text}")),
-        _ => HeaderValue::from_str(&peer_text),
-    };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    use http::header::Entry;
+    use std::io::Write as _;
+
+    // An IPv6 address is at most 45 characters; format it without a heap String.
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(cursor, "{peer}");
+    let len = cursor.position() as usize;
+    let peer_text = &text[..len];
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Occupied(mut e) => {
+            let prev = e.get().as_bytes();
+            let value = if prev.is_empty() {
+                HeaderValue::from_bytes(peer_text)
+            } else {
+                let mut joined = Vec::with_capacity(prev.len() + 1 + len);
+                joined.extend_from_slice(prev);
+                joined.push(b',');
+                joined.extend_from_slice(peer_text);
+                HeaderValue::from_bytes(&joined)
+            };
+            if let Ok(v) = value {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            if let Ok(v) = HeaderValue::from_bytes(peer_text) {
+                e.insert(v);
+            }
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    if let Entry::Vacant(e) = headers.entry(X_FORWARDED_PROTO.clone()) {
+        e.insert(HeaderValue::from_static(scheme));
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id());
+    if let Entry::Vacant(e) = headers.entry(X_REQUEST_ID.clone()) {
+        e.insert(request_id());
     }
 }
 

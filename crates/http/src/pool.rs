@@ -129,7 +129,15 @@ impl EndpointPool {
             return;
         };
         let now = Instant::now();
-        idle.retain(|c| now.duration_since(c.since) < POOL_IDLE_TIMEOUT && !c.tx.is_closed());
+        // The stack is pushed and popped at the back, so the oldest entries are at the front:
+        // only those can have expired. Checking the front keeps a put O(1) in the common case.
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= POOL_IDLE_TIMEOUT)
+            .count();
+        if expired > 0 {
+            idle.drain(..expired);
+        }
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle { tx, since: now });
         }

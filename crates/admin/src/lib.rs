@@ -53,6 +53,37 @@ pub trait AdminSource: Send + Sync + 'static {
     fn reload(&self) -> ReloadFuture<'_> {
         Box::pin(async { Err(ReloadError::NotConfigured) })
     }
+    /// What the proxy would do with one request (`GET /explain`), as JSON. Default is
+    /// [`ExplainFailure::Unsupported`].
+    fn explain(&self, query: &ExplainQuery) -> Result<serde_json::Value, ExplainFailure> {
+        let _ = query;
+        Err(ExplainFailure::Unsupported)
+    }
+}
+
+/// The request `GET /explain` asks about, from its query string (values percent-decoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExplainQuery {
+    /// `method=`. Default is `GET`.
+    pub method: String,
+    /// `url=`: an absolute URL (`http://svc.local:8080/path`). Required.
+    pub url: String,
+    /// Every `header=Name:value`, in order.
+    pub headers: Vec<String>,
+    /// `direction=ingress&port=P` (or `ingress_port=P`): an inbound request to app port P.
+    /// Default is none (egress).
+    pub ingress_port: Option<u16>,
+}
+
+/// Why `GET /explain` has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainFailure {
+    /// This source cannot explain requests.
+    #[error("explain is not available")]
+    Unsupported,
+    /// The request to explain is malformed.
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 /// Which endpoints a listener serves.
@@ -165,6 +196,18 @@ fn route(
         "/server_info" => json(&source.server_info()),
         "/config_dump" => json(&source.config_dump()),
         "/clusters" => text(StatusCode::OK, source.clusters()),
+        "/explain" => match parse_explain_query(req.uri().query().unwrap_or("")) {
+            Ok(q) => match source.explain(&q) {
+                Ok(answer) => json(&answer),
+                Err(ExplainFailure::Unsupported) => {
+                    text(StatusCode::NOT_FOUND, "explain is not available\n")
+                }
+                Err(ExplainFailure::BadRequest(e)) => {
+                    text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                }
+            },
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n{EXPLAIN_USAGE}\n")),
+        },
         "/stats/prometheus" => {
             source.refresh_stats();
             let mut r = text(StatusCode::OK, outrider_telemetry::prometheus_text());
@@ -201,11 +244,73 @@ fn route(
         },
         "/" | "/help" => text(
             StatusCode::OK,
-            "GET /ready\nGET /server_info\nGET /config_dump\nGET /clusters\nGET /stats\nGET /stats/prometheus\n\
+            "GET /ready\nGET /server_info\nGET /config_dump\nGET /clusters\nGET /explain?method=M&url=U&header=K:V\nGET /stats\nGET /stats/prometheus\n\
              POST /drain_listeners\nPOST /logging?level=L\nPOST /quitquitquit\nPOST /reload\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// How `/explain` is called, shown on a bad query.
+const EXPLAIN_USAGE: &str = "usage: GET /explain?method=GET&url=http://svc.local:8080/path&header=name:value \
+     [&direction=ingress&port=P]";
+
+/// Reads the `/explain` query: `method`, `url`, repeated `header`, and for ingress
+/// `direction=ingress` with `port`, or `ingress_port`.
+fn parse_explain_query(query: &str) -> Result<ExplainQuery, String> {
+    let mut q = ExplainQuery {
+        method: "GET".into(),
+        ..ExplainQuery::default()
+    };
+    let mut ingress = false;
+    let mut port = None;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = percent_decode(v).ok_or_else(|| format!("{k}: bad percent-encoding"))?;
+        match k {
+            "method" => q.method = v,
+            "url" => q.url = v,
+            "header" => q.headers.push(v),
+            "direction" => ingress = v.eq_ignore_ascii_case("ingress"),
+            "port" | "ingress_port" => {
+                ingress |= k == "ingress_port";
+                port = Some(v.parse::<u16>().map_err(|_| format!("bad port {v:?}"))?);
+            }
+            _ => return Err(format!("unknown parameter {k:?}")),
+        }
+    }
+    if q.url.is_empty() {
+        return Err("url is required".into());
+    }
+    if ingress {
+        q.ingress_port = Some(port.ok_or("direction=ingress needs port=P")?);
+    }
+    Ok(q)
+}
+
+/// Form decoding: `%XX` escapes and `+` as a space. `None` when the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `POST /reload`: 200 with the report, 400 with every problem, 409 without config files.
@@ -260,6 +365,24 @@ mod tests {
         assert_eq!(r.status(), StatusCode::CONFLICT);
         let r = reload_response(Ok(serde_json::json!({"version": 2})));
         assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn explain_query_is_decoded() {
+        let q = parse_explain_query(
+            "method=POST&url=http%3A%2F%2Fsvc.local%3A8080%2Fa%3Fb%3D1&header=x-a:1&header=x-b%3A+2",
+        )
+        .unwrap();
+        assert_eq!(q.method, "POST");
+        assert_eq!(q.url, "http://svc.local:8080/a?b=1");
+        assert_eq!(q.headers, vec!["x-a:1".to_string(), "x-b: 2".to_string()]);
+        assert_eq!(q.ingress_port, None);
+        let q = parse_explain_query("url=http://x/&direction=ingress&port=8080").unwrap();
+        assert_eq!(q.ingress_port, Some(8080));
+        assert!(parse_explain_query("method=GET").is_err());
+        assert!(parse_explain_query("url=x&direction=ingress").is_err());
+        assert!(parse_explain_query("url=%zz").is_err());
+        assert!(parse_explain_query("url=x&bogus=1").is_err());
     }
 
     #[test]

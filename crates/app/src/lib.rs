@@ -13,9 +13,12 @@ use arc_swap::ArcSwap;
 use outrider_admin::{AdminScope, AdminSource, ReloadFuture};
 use outrider_config::Snapshot;
 use outrider_discovery::{Resolver, ResolverConfig};
-use outrider_http::{ConnInfo, Direction, ListenerCtx, Runtime, RuntimeOptions, serve_connection};
+use outrider_http::{
+    ConnInfo, Direction, ListenerCtx, Runtime, RuntimeOptions, ServeOptions, serve_connection,
+};
 use outrider_telemetry::{ListenerStats, ServerStats};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +40,14 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
 pub const STARTUP_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 /// How long a drain waits for egress traffic (`LISTENER_DRAIN_WAIT_TIME_S`). Default is 20 s.
 pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(20);
+
+/// Concurrent downstream connections per listener (ingress and egress each); more are closed
+/// at once. Envoy's overload manager has no default cap; this bounds memory and file
+/// descriptors under a connection flood. Default is 16384.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Counter of connections closed at accept because the listener was full, labelled
+/// `envoy_listener_address` (Envoy's `<ip>_<port>`).
+pub const LISTENER_CX_OVERFLOW: &str = "envoy_listener_downstream_cx_overflow";
 
 /// How long shutdown and drain wait for queued spans to reach the collector. Default is 2 s.
 pub const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,6 +81,13 @@ pub struct ProxyOptions {
     /// ([`outrider_telemetry::TracingOptions::from_env`]); tracing stays off when none is set.
     /// Default is None.
     pub tracing: Option<outrider_telemetry::TracingOptions>,
+    /// Most concurrent downstream connections on each listener (at least 1); over it a new
+    /// connection is closed at once and counted in [`LISTENER_CX_OVERFLOW`]. Default is
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Limits applied to each downstream connection (the request-head read timeout). Default
+    /// is [`ServeOptions::default`].
+    pub serve: ServeOptions,
 }
 
 impl ProxyOptions {
@@ -91,6 +109,8 @@ impl ProxyOptions {
             config_source: None,
             watch_config: true,
             tracing: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            serve: ServeOptions::default(),
         }
     }
 }
@@ -262,6 +282,8 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let egress = bind("egress", opts.egress_addr)?;
     let admin = opts.admin_addr.map(|a| bind("admin", a)).transpose()?;
     let metrics = opts.metrics_addr.map(|a| bind("metrics", a)).transpose()?;
+    let mut gateway = bind_gateway(&opts, ingress.local_addr().ok())?;
+    let gateway_mode = opts.snapshot.as_ref().is_some_and(|s| s.gateway.is_some());
     let local = |l: &TcpListener, fallback: SocketAddr| l.local_addr().unwrap_or(fallback);
     let addrs = Addrs {
         ingress: local(&ingress, opts.ingress_addr),
@@ -331,7 +353,8 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             .await;
     }
 
-    let own = vec![addrs.ingress, addrs.egress];
+    let mut own = vec![addrs.ingress, addrs.egress];
+    own.extend(gateway.iter().filter_map(|l| l.local_addr().ok()));
     for (listener, direction, gate) in [
         (ingress, Direction::Ingress, &shared.ingress),
         (egress, Direction::Egress, &shared.egress),
@@ -343,7 +366,20 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             own_addrs: own.clone(),
             tracer: tracer.clone(),
         });
-        tracker.spawn(accept_loop(listener, ctx, gate.clone()));
+        if direction == Direction::Ingress {
+            for l in gateway.drain(..) {
+                let limits = Limits::new(&l, opts.max_connections, opts.serve);
+                tracker.spawn(accept_loop(l, ctx.clone(), gate.clone(), limits, true));
+            }
+        }
+        let limits = Limits::new(&listener, opts.max_connections, opts.serve);
+        tracker.spawn(accept_loop(
+            listener,
+            ctx,
+            gate.clone(),
+            limits,
+            gateway_mode,
+        ));
     }
     if opts.watch_config
         && let Err(e) = reload::spawn_watcher(shared.clone(), shared.quit.clone())
@@ -356,8 +392,61 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     Ok(RunningProxy { shared, tracker })
 }
 
+/// The connection limit and per-connection options of one listener.
+struct Limits {
+    slots: Arc<Semaphore>,
+    overflow: metrics::Counter,
+    serve: ServeOptions,
+}
+
+impl Limits {
+    fn new(listener: &TcpListener, max_connections: usize, serve: ServeOptions) -> Limits {
+        let label = listener
+            .local_addr()
+            .map(|a| format!("{}_{}", a.ip(), a.port()))
+            .unwrap_or_default();
+        Limits {
+            slots: Arc::new(Semaphore::new(
+                max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            overflow: metrics::counter!(LISTENER_CX_OVERFLOW, "envoy_listener_address" => label),
+            serve,
+        }
+    }
+}
+
+/// Gateway mode: one socket per virtual gateway listener, on `portMapping.port` of the ingress
+/// address's IP (so 0.0.0.0 by default, 127.0.0.1 in tests), as App Mesh's gateway Envoy
+/// listened on each listener's own port. A port equal to the ingress listener's is served by
+/// that listener. Ports are bound once at start-up: a reload that adds a listener port needs a
+/// restart to serve it.
+fn bind_gateway(
+    opts: &ProxyOptions,
+    ingress: Option<SocketAddr>,
+) -> Result<Vec<TcpListener>, StartError> {
+    let Some(snapshot) = opts.snapshot.as_ref().filter(|s| s.gateway.is_some()) else {
+        return Ok(Vec::new());
+    };
+    let ip = opts.ingress_addr.ip();
+    snapshot
+        .listeners
+        .iter()
+        .filter(|l| ingress.is_none_or(|a| a.port() != l.port))
+        .map(|l| bind("gateway", SocketAddr::new(ip, l.port)))
+        .collect()
+}
+
 /// Accepts until the gate stops; returning drops the listener, so new connections are refused.
-async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, gate: Gate) {
+/// A connection over the listener's limit is closed at once, before any byte is read. With
+/// `local_is_dst` (gateway mode), a connection that was not redirected counts its own local
+/// address as its destination, so the port it arrived on picks the gateway listener.
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    gate: Gate,
+    limits: Limits,
+    local_is_dst: bool,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = gate.stop.cancelled() => return,
@@ -371,20 +460,26 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>, gate: Gate) {
                 }
             },
         };
+        let Ok(permit) = limits.slots.clone().try_acquire_owned() else {
+            limits.overflow.increment(1);
+            drop(stream);
+            continue;
+        };
         let _ = outrider_transport::set_nodelay_keepalive(&stream);
         let local = stream.local_addr().unwrap_or(peer);
         let conn = ConnInfo {
             id: outrider_http::next_connection_id(),
             peer,
             local,
-            orig_dst: outrider_transport::original_dst(&stream),
+            orig_dst: outrider_transport::original_dst(&stream)
+                .or_else(|| local_is_dst.then_some(local)),
         };
-        gate.conns.spawn(serve_connection(
-            stream,
-            ctx.clone(),
-            conn,
-            gate.stop.clone(),
-        ));
+        let served = serve_connection(stream, ctx.clone(), conn, limits.serve, gate.stop.clone());
+        gate.conns.spawn(async move {
+            // The slot frees when the connection ends, however it ends.
+            let _permit = permit;
+            served.await;
+        });
     }
 }
 
@@ -486,6 +581,20 @@ impl AdminSource for Admin {
     fn drain(&self) {
         self.shared.draining.store(true, Ordering::Release);
         self.shared.ingress.stop.cancel();
+    }
+
+    fn explain(
+        &self,
+        query: &outrider_admin::ExplainQuery,
+    ) -> Result<serde_json::Value, outrider_admin::ExplainFailure> {
+        let req = outrider_http::ExplainRequest::parse(
+            &query.method,
+            &query.url,
+            &query.headers,
+            query.ingress_port,
+        )
+        .map_err(|e| outrider_admin::ExplainFailure::BadRequest(e.to_string()))?;
+        Ok(outrider_http::explain(&self.shared.runtime.load(), &req).to_json())
     }
 
     fn reload(&self) -> ReloadFuture<'_> {

@@ -1,4 +1,8 @@
-//! Compilation of validated resources into the [`Snapshot`] of one virtual node.
+//! Compilation of validated resources into the [`Snapshot`] of one virtual node (or, in
+//! [`gateway`], one virtual gateway).
+
+#[path = "gateway.rs"]
+mod gateway;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +37,7 @@ pub struct Selector {
     pub mesh: Option<String>,
     /// The virtual node this proxy serves.
     pub node: Option<String>,
-    /// The virtual gateway this proxy serves (gateway mode is not implemented yet).
+    /// The virtual gateway this proxy serves. Default is none; when set, `node` is ignored.
     pub gateway: Option<String>,
 }
 
@@ -93,18 +97,12 @@ impl Selector {
 pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>> {
     let selector_problem =
         |path: &str, reason: String| vec![Problem::error("-", "-", "-", path, reason)];
-    if let Some(gw) = &sel.gateway {
-        return Err(selector_problem(
-            "--gateway",
-            format!("gateway mode is not implemented yet (virtual gateway \"{gw}\")"),
-        ));
-    }
-    let Some(node_name) = sel.node.as_deref() else {
+    if sel.node.is_none() && sel.gateway.is_none() {
         return Err(selector_problem(
             "--node",
             format!("no virtual node selected: pass --node NAME or set {RESOURCE_ARN_ENV}"),
         ));
-    };
+    }
     let meshes = res.mesh_names();
     let mesh: &str = match (&sel.mesh, meshes.as_slice()) {
         (Some(m), _) => m,
@@ -129,6 +127,24 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
         interned: HashMap::new(),
         problems: Vec::new(),
     };
+    let mesh_spec = c.find(Kind::Mesh, None, mesh).and_then(|r| match &r.spec {
+        Spec::Mesh(m) => Some(m.clone()),
+        _ => None,
+    });
+    let egress_filter = match mesh_spec.as_ref().and_then(|m| m.egress_filter) {
+        Some(f) if f.type_ == EgressFilterType::AllowAll => EgressFilter::AllowAll,
+        _ => EgressFilter::DropAll,
+    };
+    let node_name = match (sel.gateway.as_deref(), sel.node.as_deref()) {
+        (Some(gw), _) => return gateway::compile(c, gw, egress_filter),
+        (None, Some(n)) => n,
+        (None, None) => {
+            return Err(selector_problem(
+                "--node",
+                "no virtual node selected".into(),
+            ));
+        }
+    };
     let Some(node) = c.find(Kind::VirtualNode, None, node_name) else {
         let known: Vec<&str> = c
             .in_mesh(Kind::VirtualNode)
@@ -147,14 +163,6 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
             "--node",
             "internal: a virtual node without a node spec".to_owned(),
         ));
-    };
-    let mesh_spec = c.find(Kind::Mesh, None, mesh).and_then(|r| match &r.spec {
-        Spec::Mesh(m) => Some(m.clone()),
-        _ => None,
-    });
-    let egress_filter = match mesh_spec.as_ref().and_then(|m| m.egress_filter) {
-        Some(f) if f.type_ == EgressFilterType::AllowAll => EgressFilter::AllowAll,
-        _ => EgressFilter::DropAll,
     };
     let listeners = spec
         .listeners
@@ -180,7 +188,7 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
             }
         }
     }
-    let access_log = access_log(spec);
+    let access_log = access_log(spec.logging.as_ref());
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -193,6 +201,7 @@ pub fn compile(res: &Resources, sel: &Selector) -> Result<Snapshot, Vec<Problem>
         backends,
         clusters: c.clusters,
         access_log,
+        gateway: None,
     })
 }
 
@@ -827,8 +836,8 @@ fn host_match(h: &HostnameMatch) -> Option<HostMatch> {
     }
 }
 
-fn access_log(spec: &VirtualNodeSpec) -> Option<AccessLog> {
-    let AccessLogSpec::File(f) = spec.logging.as_ref()?.access_log.as_ref()?;
+fn access_log(logging: Option<&model::Logging>) -> Option<AccessLog> {
+    let AccessLogSpec::File(f) = logging?.access_log.as_ref()?;
     let format = match &f.format {
         None => AccessLogFormat::Default,
         Some(LoggingFormat::Text(t)) => AccessLogFormat::Text(t.clone()),

@@ -345,4 +345,50 @@ pub struct Snapshot {
     /// Upstream clusters referenced by [`ClusterId`].
     pub clusters: Vec<Cluster>,
     pub access_log: Option<AccessLog>,
+    /// Gateway mode: the virtual gateway's routes, one table per entry of [`Snapshot::listeners`]
+    /// (same order). Default is none (a virtual node).
+    pub gateway: Option<Gateway>,
+}
+
+/// A compiled virtual gateway: its listeners are [`Snapshot::listeners`] (TLS, timeouts), its
+/// targets are [`Snapshot::backends`].
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub name: String,
+    /// Parallel to [`Snapshot::listeners`].
+    pub listeners: Vec<GatewayListener>,
+}
+
+/// One `listeners[]` entry of a virtual gateway with the gateway routes of its protocol.
+#[derive(Debug, Clone)]
+pub struct GatewayListener {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub routes: RouteTable<GatewayAction>,
+}
+
+/// What a gateway route does: rewrite the request, then send it to a virtual service exactly
+/// as a sidecar's egress would.
+#[derive(Debug, Clone)]
+pub struct GatewayAction {
+    /// Index of the target in [`Snapshot::backends`].
+    pub service: usize,
+    /// `action.target.port`: the provider listener to use. Default is none (the provider's
+    /// only, or first, HTTP listener).
+    pub port: Option<u16>,
+    pub rewrite: GatewayRewrite,
+}
+
+/// The rewrites of a gateway route, resolved against its match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRewrite {
+    /// `(matched prefix, replacement)`: App Mesh replaces the matched prefix with `/` unless
+    /// `defaultPrefix: DISABLED`, or with `value`. Default is none (path kept), which only
+    /// happens without a prefix match or with `defaultPrefix: DISABLED`.
+    pub prefix: Option<(String, String)>,
+    /// `path.exact`: the whole path is replaced (the query string is kept). Default is none.
+    pub path: Option<String>,
+    /// `hostname.defaultTargetHostname`: true sets the Host (`:authority`) to the target
+    /// virtual service's name. Default is true (App Mesh's `ENABLED`).
+    pub hostname: bool,
 }

@@ -7,8 +7,8 @@ use outrider_route::{HeaderMatch, HostMatch, PathMatch, RouteMatch, StringMatch}
 use serde_json::{Value, json};
 
 use crate::{
-    AccessLogFormat, Cluster, ClusterId, Discovery, EgressFilter, Identity, Provider, RetryPolicy,
-    RouteAction, Snapshot, Timeouts,
+    AccessLogFormat, Cluster, ClusterId, Discovery, EgressFilter, Gateway, GatewayRewrite,
+    Identity, Provider, RetryPolicy, RouteAction, Snapshot, Timeouts,
 };
 
 impl Snapshot {
@@ -35,7 +35,10 @@ impl Snapshot {
         if self.listeners.is_empty() {
             let _ = writeln!(s, "  (none)");
         }
-        for l in &self.listeners {
+        if let Some(gw) = &self.gateway {
+            self.gateway_summary(&mut s, gw);
+        }
+        for l in self.listeners.iter().filter(|_| self.gateway.is_none()) {
             let _ = writeln!(
                 s,
                 "  {}/{} -> 127.0.0.1:{} ({}) timeouts {}",
@@ -164,6 +167,21 @@ impl Snapshot {
                 },
             })).collect::<Vec<_>>(),
             "backends": backends,
+            "gateway": self.gateway.as_ref().map(|gw| json!({
+                "name": gw.name,
+                "listeners": gw.listeners.iter().map(|l| json!({
+                    "port": l.port,
+                    "protocol": l.protocol.as_str(),
+                    "routes": l.routes.routes().iter().map(|route| json!({
+                        "name": &*route.name,
+                        "priority": route.priority,
+                        "match": describe_match(&route.matcher),
+                        "virtualService": self.backends.get(route.action.service).map(|b| &*b.name),
+                        "port": route.action.port,
+                        "rewrite": rewrite(&route.action.rewrite).trim(),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })),
             "clusters": self.clusters.iter().map(|c| json!({
                 "name": c.name,
                 "node": c.node,
@@ -182,6 +200,43 @@ impl Snapshot {
                 },
             })),
         })
+    }
+
+    /// The gateway listeners with their gateway routes in evaluation order.
+    fn gateway_summary(&self, s: &mut String, gw: &Gateway) {
+        for l in &gw.listeners {
+            let tls = self
+                .listeners
+                .iter()
+                .find(|n| n.port == l.port)
+                .and_then(|n| n.tls.as_ref())
+                .map_or("", |_| " tls");
+            let _ = writeln!(s, "  {}/{}{tls} (gateway):", l.port, l.protocol.as_str());
+            if l.routes.is_empty() {
+                let _ = writeln!(s, "      (no gateway routes)");
+            }
+            for (i, route) in l.routes.routes().iter().enumerate() {
+                let prio = route
+                    .priority
+                    .map(|p| format!(" priority {p}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "      {}. {}{prio}: {}",
+                    i + 1,
+                    route.name,
+                    describe_match(&route.matcher)
+                );
+                let a = &route.action;
+                let target = self.backends.get(a.service).map_or("?", |b| &*b.name);
+                let port = a.port.map(|p| format!(":{p}")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "         -> virtual service {target}{port}{}",
+                    rewrite(&a.rewrite)
+                );
+            }
+        }
     }
 
     /// The cluster a [`ClusterId`] names, if it is in range.
@@ -209,6 +264,22 @@ impl Snapshot {
             .collect();
         parts.join(", ")
     }
+}
+
+fn rewrite(r: &GatewayRewrite) -> String {
+    let mut parts = Vec::new();
+    if let Some((from, to)) = &r.prefix {
+        parts.push(format!("prefix {from} => {to}"));
+    }
+    if let Some(p) = &r.path {
+        parts.push(format!("path => {p}"));
+    }
+    parts.push(if r.hostname {
+        "host => target".to_owned()
+    } else {
+        "host kept".to_owned()
+    });
+    format!(" (rewrite {})", parts.join(", "))
 }
 
 fn duration(d: Option<Duration>) -> String {

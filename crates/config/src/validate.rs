@@ -55,12 +55,12 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "Cloud Map attributes are ignored: every instance of serviceName.namespaceName is an endpoint",
     ),
     (
-        "VirtualGateway",
-        "gateway mode is not implemented yet; this resource is checked but not used",
+        "gateway.listeners[].connectionPool",
+        "a virtual gateway listener's connectionPool is not enforced yet",
     ),
     (
-        "GatewayRoute",
-        "gateway mode is not implemented yet; this resource is checked but not used",
+        "gateway.listeners[].healthCheck",
+        "a virtual gateway listener's healthCheck has no effect: no proxy health-checks a gateway",
     ),
     (
         "match.hostname",
@@ -164,13 +164,51 @@ pub fn validate(res: &Resources) -> Vec<Problem> {
             }
             Spec::Route(s) => ctx.route(r, s),
             Spec::VirtualGateway(s) => {
-                ctx.warn(r, "VirtualGateway", "spec");
+                if s.listeners.is_empty() {
+                    ctx.out.push(r.error(
+                        "spec.listeners",
+                        "a virtual gateway needs at least one listener",
+                    ));
+                }
                 for (i, l) in s.listeners.iter().enumerate() {
                     let p = format!("spec.listeners[{i}]");
                     ctx.port_mapping(r, &format!("{p}.portMapping"), &l.port_mapping);
+                    if l.port_mapping.protocol == PortProtocol::Tcp {
+                        ctx.out.push(r.error(
+                            format!("{p}.portMapping.protocol"),
+                            "a virtual gateway listener speaks http, http2 or grpc, not tcp",
+                        ));
+                    }
                     if let Some(hc) = &l.health_check {
+                        ctx.warn(
+                            r,
+                            "gateway.listeners[].healthCheck",
+                            &format!("{p}.healthCheck"),
+                        );
                         ctx.health_check(r, &format!("{p}.healthCheck"), hc);
                     }
+                    if l.connection_pool.is_some() {
+                        ctx.warn(
+                            r,
+                            "gateway.listeners[].connectionPool",
+                            &format!("{p}.connectionPool"),
+                        );
+                    }
+                    if let Some(tls) = &l.tls {
+                        ctx.tls(r, &format!("{p}.tls"), tls);
+                    }
+                }
+                if let Some(cp) = s
+                    .backend_defaults
+                    .as_ref()
+                    .and_then(|d| d.client_policy.as_ref())
+                {
+                    ctx.client_policy(
+                        r,
+                        "spec.backendDefaults.clientPolicy",
+                        "spec.backendDefaults.clientPolicy",
+                        cp,
+                    );
                 }
             }
             Spec::GatewayRoute(s) => ctx.gateway_route(r, s),
@@ -1007,7 +1045,6 @@ impl<'a> Ctx<'a> {
     }
 
     fn gateway_route(&mut self, r: &'a Resource, s: &crate::model::GatewayRouteSpec) {
-        self.warn(r, "GatewayRoute", "spec");
         let mesh = self.mesh_of(r);
         let gw = r.parent.as_deref().unwrap_or("");
         if self.find(Kind::VirtualGateway, mesh, "", gw).is_none() {
@@ -1053,6 +1090,7 @@ impl<'a> Ctx<'a> {
             if let Some(host) = &h.match_.hostname {
                 self.hostname(r, &format!("{m}.hostname"), host, false);
             }
+            self.gateway_rewrite(r, base, h);
             (base, &h.action.target)
         } else if let Some(g) = &s.grpc_route {
             let m = "spec.grpcRoute.match";
@@ -1074,6 +1112,52 @@ impl<'a> Ctx<'a> {
         }
         if let Some(port) = target.port {
             self.port(r, &format!("{base}.action.target.port"), port);
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// App Mesh's rules for HTTP gateway rewrites: a prefix rewrite needs a prefix match and
+    /// sets `defaultPrefix` or `value`, not both; a path rewrite needs an exact path match.
+    fn gateway_rewrite(&mut self, r: &Resource, base: &str, h: &crate::model::HttpGatewayRoute) {
+        let Some(rw) = &h.action.rewrite else {
+            return;
+        };
+        let at = format!("{base}.action.rewrite");
+        if let Some(p) = &rw.prefix {
+            if h.match_.prefix.is_none() {
+                self.err(
+                    r,
+                    format!("{at}.prefix"),
+                    "a prefix rewrite needs a match on prefix",
+                );
+            }
+            if p.default_prefix.is_some() && p.value.is_some() {
+                self.err(
+                    r,
+                    format!("{at}.prefix"),
+                    "set defaultPrefix or value, not both",
+                );
+            }
+            if let Some(v) = &p.value
+                && !v.starts_with('/')
+            {
+                self.err(r, format!("{at}.prefix.value"), "must start with /");
+            }
+        }
+        if let Some(p) = &rw.path {
+            if h.match_.path.as_ref().is_none_or(|m| m.exact.is_none()) {
+                self.err(
+                    r,
+                    format!("{at}.path"),
+                    "a path rewrite needs a match on path.exact",
+                );
+            }
+            if let Some(e) = &p.exact
+                && !e.starts_with('/')
+            {
+                self.err(r, format!("{at}.path.exact"), "must start with /");
+            }
         }
     }
 }

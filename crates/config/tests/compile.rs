@@ -283,14 +283,19 @@ fn arn_selects_node_or_gateway() {
 }
 
 #[test]
-fn gateway_mode_is_refused_for_now() {
+fn unknown_gateway_is_a_problem() {
     let sel = Selector {
         gateway: Some("gw".into()),
         ..Selector::default()
     };
     let errs = build(&[data("describe")], &sel).unwrap_err();
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].reason.contains("gateway mode is not implemented"));
+    assert_eq!(errs[0].path, "--gateway");
+    assert!(
+        errs[0]
+            .reason
+            .contains("virtual gateway \"gw\" is not in mesh")
+    );
 }
 
 #[test]

@@ -493,14 +493,27 @@ fn unsupported_fields_warn() {
 }
 
 #[test]
-fn gateway_resources_warn() {
-    let doc = "meshName: m\nvirtualGatewayName: gw\nspec: {listeners: [{portMapping: {port: 80, protocol: http}}]}\n---\nmeshName: m\nvirtualGatewayName: gw\ngatewayRouteName: g\nspec:\n  httpRoute: {match: {prefix: /, hostname: {suffix: .example.com}}, action: {target: {virtualService: {virtualServiceName: svc.local}}, rewrite: {prefix: {defaultPrefix: DISABLED, value: /x/}}}}\n";
-    let all = problems(doc);
-    assert_eq!(all.len(), 2, "{all:#?}");
-    assert!(
-        all.iter().all(|p| p.severity == Severity::Warning
-            && p.reason.contains("gateway mode is not implemented"))
+fn gateway_resources_validate() {
+    let gw = "meshName: m\nvirtualGatewayName: gw\nspec: {listeners: [{portMapping: {port: 80, protocol: http}}]}\n---\nmeshName: m\nvirtualGatewayName: gw\ngatewayRouteName: g\nspec:\n  httpRoute: {match: {prefix: /, hostname: {suffix: .example.com}}, action: {target: {virtualService: {virtualServiceName: svc.local}}, rewrite: ";
+    let good = problems(&format!("{gw}{{prefix: {{value: /x/}}}}}}}}\n"));
+    assert!(good.is_empty(), "{good:#?}");
+    let both = problems(&format!(
+        "{gw}{{prefix: {{defaultPrefix: DISABLED, value: /x/}}, path: {{exact: /y}}}}}}}}\n"
+    ));
+    let reasons: Vec<&str> = both.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "set defaultPrefix or value, not both",
+            "a path rewrite needs a match on path.exact"
+        ],
+        "{both:#?}"
     );
+    let tcp = problems(
+        "meshName: m\nvirtualGatewayName: gw\nspec: {listeners: [{portMapping: {port: 80, protocol: tcp}}]}\n",
+    );
+    assert_eq!(tcp.len(), 1, "{tcp:#?}");
+    assert_eq!(tcp[0].path, "spec.listeners[0].portMapping.protocol");
 }
 
 #[test]

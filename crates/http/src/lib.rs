@@ -3,6 +3,7 @@
 
 mod access;
 mod body;
+mod explain;
 mod headers;
 mod health;
 mod idle;
@@ -15,6 +16,11 @@ mod upstream;
 
 pub use access::{AccessLog, next_connection_id};
 pub use body::{ReqBody, RespBody};
+pub use explain::{
+    ClusterReport, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, EndpointLine, ExplainDirection,
+    ExplainError, ExplainRequest, Explanation, Outcome, RouteReport, TargetReport, explain,
+    explain_snapshot,
+};
 pub use headers::{request_id, split_authority};
 pub use health::DEFAULT_HEALTH_PATH;
 pub use local::{LocalReason, local_reply};
@@ -25,5 +31,8 @@ pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService,
 pub use runtime::{
     HttpDecision, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions, TcpDecision,
 };
-pub use server::{DETECT_TIMEOUT, Detected, detect, serve_connection};
+pub use server::{
+    DETECT_TIMEOUT, Detected, HEADER_READ_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES,
+    MAX_HEADERS, ServeOptions, detect, serve_connection,
+};
 pub use upstream::{DEFAULT_MAX_PENDING_REQUESTS, EndpointReport, Upstream, UpstreamPolicy};

@@ -14,7 +14,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, heade
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use outrider_config::{Protocol, RetryPolicy, Timeouts, grpc_retry, http_retry};
+use outrider_config::{GatewayRewrite, Protocol, RetryPolicy, Timeouts, grpc_retry, http_retry};
 use outrider_policy::{InFlightRetry, Limiter, Permit, backoff, parse_grpc_timeout};
 use outrider_route::RequestParts;
 use outrider_telemetry::ListenerStats;
@@ -311,8 +311,13 @@ async fn handle_inner(
     mut traced: Option<&mut Traced>,
 ) -> Response<RespBody> {
     let grpc = is_grpc(req.headers());
-    let authority = request_authority(&req);
-    let plan = match decide(ctx, conn, runtime, &req, authority.as_ref()).await {
+    let mut authority = request_authority(&req);
+    let decided = if ctx.direction == Direction::Ingress && runtime.snapshot().gateway.is_some() {
+        decide_gateway(conn, runtime, &mut req, &mut authority)
+    } else {
+        decide(ctx, conn, runtime, &req, authority.as_ref()).await
+    };
+    let plan = match decided {
         Ok(plan) => plan,
         Err(reason) => {
             if let Some(t) = trail.as_deref_mut() {
@@ -503,6 +508,130 @@ async fn decide(
             })
         }
     }
+}
+
+/// Gateway mode: the gateway listener the connection arrived on picks its route table, the
+/// first matching gateway route rewrites the request (path, Host), and the request then goes
+/// to the route's virtual service exactly as a sidecar's egress would send it there.
+fn decide_gateway(
+    conn: ConnInfo,
+    runtime: &Runtime,
+    req: &mut Request<Incoming>,
+    authority: &mut Option<Authority>,
+) -> Result<Plan, LocalReason> {
+    let snapshot = runtime.snapshot();
+    let gateway = snapshot.gateway.as_ref().ok_or(LocalReason::NoRoute)?;
+    let index = runtime
+        .ingress_listener(conn.orig_dst.map(|a| a.port()))
+        .ok_or(LocalReason::NoRoute)?;
+    let listener = gateway.listeners.get(index).ok_or(LocalReason::NoRoute)?;
+    let route = {
+        let host = authority
+            .as_ref()
+            .map_or("", |a| split_authority(a.as_str()).0);
+        let parts = RequestParts {
+            method: req.method(),
+            scheme: "http",
+            host,
+            port: listener.port,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        listener.routes.select(&parts).ok_or(LocalReason::NoRoute)?
+    };
+    let action = &route.action;
+    let service = snapshot
+        .backends
+        .get(action.service)
+        .ok_or(LocalReason::NoHealthyUpstream)?;
+    rewrite_request(req, authority, &action.rewrite, &service.name)?;
+    let (host, _) = authority
+        .as_ref()
+        .map_or(("", None), |a| split_authority(a.as_str()));
+    let parts = RequestParts {
+        method: req.method(),
+        scheme: "http",
+        host,
+        port: action.port.unwrap_or(listener.port),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    match runtime.route_service(action.service, &parts, action.port, None) {
+        HttpDecision::Cluster {
+            upstream,
+            timeouts,
+            retry,
+            route: mesh_route,
+        } => Ok(Plan {
+            h2: upstream.protocol().is_h2(),
+            upstream: upstream.clone(),
+            fixed: None,
+            timeouts,
+            retry,
+            // The mesh route says more about where the request went; else the gateway route.
+            route: Some(mesh_route.map_or_else(|| route.name.clone(), Arc::from)),
+        }),
+        HttpDecision::NoRoute | HttpDecision::Unknown(_) => Err(LocalReason::NoRoute),
+        HttpDecision::NoCluster => Err(LocalReason::NoHealthyUpstream),
+    }
+}
+
+/// Applies a gateway route's rewrites: the path (exact, else the matched prefix replaced; the
+/// query string is kept), then the Host and `:authority` (the target virtual service's name).
+fn rewrite_request(
+    req: &mut Request<Incoming>,
+    authority: &mut Option<Authority>,
+    rewrite: &GatewayRewrite,
+    service: &str,
+) -> Result<(), LocalReason> {
+    let path = req.uri().path();
+    let new_path = match (&rewrite.path, &rewrite.prefix) {
+        (Some(exact), _) => Some(exact.clone()),
+        (None, Some((matched, to))) => path
+            .strip_prefix(matched.as_str())
+            .map(|rest| replace_prefix(to, rest)),
+        (None, None) => None,
+    };
+    if let Some(new_path) = new_path {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        let mut uri = req.uri().clone().into_parts();
+        uri.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| LocalReason::BadRequest)?);
+        *req.uri_mut() = Uri::from_parts(uri).map_err(|_| LocalReason::BadRequest)?;
+    }
+    if rewrite.hostname {
+        let target = Authority::try_from(service).map_err(|_| LocalReason::BadRequest)?;
+        let value = http::HeaderValue::from_str(service).map_err(|_| LocalReason::BadRequest)?;
+        req.headers_mut().insert(header::HOST, value);
+        if req.uri().authority().is_some() {
+            let mut uri = req.uri().clone().into_parts();
+            uri.authority = Some(target.clone());
+            *req.uri_mut() = Uri::from_parts(uri).map_err(|_| LocalReason::BadRequest)?;
+        }
+        *authority = Some(target);
+    }
+    Ok(())
+}
+
+/// `to` followed by what came after the matched prefix, without doubling the `/` between them
+/// (App Mesh's default `/` replacing `/red` in `/red/x` gives `/x`, not `//x`).
+fn replace_prefix(to: &str, rest: &str) -> String {
+    let rest = if to.ends_with('/') {
+        rest.strip_prefix('/').unwrap_or(rest)
+    } else {
+        rest
+    };
+    let mut out = String::with_capacity(to.len() + rest.len() + 1);
+    out.push_str(to);
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// A client used the egress port as an explicit proxy toward a host the mesh does not know.
@@ -971,4 +1100,19 @@ fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade
         let mut up = hyper_util::rt::TokioIo::new(up);
         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_prefix;
+
+    #[test]
+    fn prefix_replacement_never_doubles_the_slash() {
+        assert_eq!(replace_prefix("/", "items"), "/items");
+        assert_eq!(replace_prefix("/", "/items"), "/items");
+        assert_eq!(replace_prefix("/", ""), "/");
+        assert_eq!(replace_prefix("/new/", "a/b"), "/new/a/b");
+        assert_eq!(replace_prefix("/new", "/a"), "/new/a");
+        assert_eq!(replace_prefix("", ""), "/");
+    }
 }

@@ -143,8 +143,12 @@ impl Runtime {
         for (up, c) in clusters.iter().zip(&snapshot.clusters) {
             up.set_client_tls(c.tls.as_ref());
         }
-        let locals = snapshot
-            .listeners
+        // A gateway has no local app behind its listeners.
+        let local_listeners = match snapshot.gateway {
+            Some(_) => &[][..],
+            None => &snapshot.listeners[..],
+        };
+        let locals = local_listeners
             .iter()
             .map(|l| {
                 // Limits toward the local app are the listener's own `connectionPool`.
@@ -255,6 +259,7 @@ impl Runtime {
             backends: Vec::new(),
             clusters: Vec::new(),
             access_log: None,
+            gateway: None,
         });
         let mut rt = Runtime::new(snapshot, None, opts);
         rt.transparent = true;
@@ -312,7 +317,24 @@ impl Runtime {
         let Some(&vs_index) = self.lookup_host(parts.host) else {
             return HttpDecision::Unknown(self.snapshot.egress_filter);
         };
-        let vs = &self.snapshot.backends[vs_index];
+        self.route_service(vs_index, parts, authority_port, orig_port)
+    }
+
+    /// Decides an HTTP request to the virtual service at `vs_index` of
+    /// `snapshot().backends`, as egress does once the authority named it: `port` (then
+    /// `orig_port`) picks the provider's listener, else its first HTTP one. An index out of
+    /// range gives [`HttpDecision::NoCluster`].
+    pub fn route_service<'a>(
+        &'a self,
+        vs_index: usize,
+        parts: &RequestParts<'_>,
+        port: Option<u16>,
+        orig_port: Option<u16>,
+    ) -> HttpDecision<'a> {
+        let authority_port = port;
+        let Some(vs) = self.snapshot.backends.get(vs_index) else {
+            return HttpDecision::NoCluster;
+        };
         match &vs.provider {
             Provider::Router(router) => {
                 let http_listeners = || router.listeners.iter().filter(|l| l.protocol.is_http());

@@ -19,7 +19,9 @@ use crate::runtime::TcpDecision;
 /// How long an egress connection to an unknown port may stay silent before it is treated as
 /// opaque TCP (server-first protocols such as MySQL send nothing). Default is 1 s.
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Time allowed to receive a request head on HTTP/1.1. Default is 60 s.
+/// Time allowed to receive a request head on HTTP/1.1 (and the first byte on a PERMISSIVE
+/// listener). Envoy leaves `request_headers_timeout` disabled; a sidecar facing hostile clients
+/// bounds it so a slow client cannot hold a connection open. Default is 60 s.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// HTTP/2 streams per downstream connection. Default is 1024.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -34,6 +36,18 @@ pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// HTTP/2 streams the server may reset for protocol errors before the connection is closed
 /// with GOAWAY. Default is 1024.
 pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// Per-listener limits applied to every connection [`serve_connection`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Time a client has to send a complete HTTP/1.1 request head, counted from when the
+    /// connection starts waiting for it (so a silent client is closed too); past it the
+    /// connection is closed without an answer. Default is [`HEADER_READ_TIMEOUT`] (60 s).
+    pub header_read_timeout: Duration,
+    /// HTTP/2 streams a client may have open at once on one connection; streams past it are
+    /// refused (`RST_STREAM REFUSED_STREAM`). Default is [`MAX_CONCURRENT_STREAMS`] (1024).
+    pub max_concurrent_streams: u32,
+}
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +81,15 @@ pub fn detect(prefix: &[u8]) -> Detected {
     }
 }
 
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
 async fn peek_detect(stream: &TcpStream) -> Detected {
     let mut buf = [0u8; 16];
     match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut buf)).await {
@@ -75,11 +98,13 @@ async fn peek_detect(stream: &TcpStream) -> Detected {
     }
 }
 
-/// Serves one accepted connection until it ends or `shutdown` fires (then drains gracefully).
+/// Serves one accepted connection until it ends or `shutdown` fires (then drains gracefully),
+/// within the limits of `opts`.
 pub async fn serve_connection(
     stream: TcpStream,
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
+    opts: ServeOptions,
     shutdown: CancellationToken,
 ) {
     let runtime = ctx.runtime.load_full();
@@ -95,11 +120,13 @@ pub async fn serve_connection(
     if let Some(tls) = tls {
         let terminate = match tls.mode() {
             ListenerTlsMode::Strict => true,
-            ListenerTlsMode::Permissive => first_byte(&stream).await == Some(TLS_HANDSHAKE_BYTE),
+            ListenerTlsMode::Permissive => {
+                first_byte(&stream, opts.header_read_timeout).await == Some(TLS_HANDSHAKE_BYTE)
+            }
         };
         if terminate {
             drop(runtime);
-            serve_tls(stream, &tls, ctx, conn, shutdown).await;
+            serve_tls(stream, &tls, ctx, conn, opts, shutdown).await;
             return;
         }
     }
@@ -124,7 +151,16 @@ pub async fn serve_connection(
     if l4 {
         serve_tcp(stream, &ctx, conn).await;
     } else {
-        serve_http(stream, ctx, conn, shutdown).await;
+        // hyper's version detection waits for the first bytes with no timer of its own, so a
+        // client that never sends one is held to the header-read deadline here.
+        if first_byte(&stream, opts.header_read_timeout)
+            .await
+            .is_none()
+        {
+            tracing::debug!(peer = %conn.peer, "no request bytes before the header-read timeout: closing");
+            return;
+        }
+        serve_http(stream, ctx, conn, opts, shutdown).await;
     }
 }
 
@@ -147,10 +183,10 @@ fn listener_tls(
     }
 }
 
-/// The first byte the client sends, waiting at most [`HEADER_READ_TIMEOUT`].
-async fn first_byte(stream: &TcpStream) -> Option<u8> {
+/// The first byte the client sends, waiting at most `wait`.
+async fn first_byte(stream: &TcpStream, wait: Duration) -> Option<u8> {
     let mut buf = [0u8; 1];
-    match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut buf)).await {
+    match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
         Ok(Ok(1)) => Some(buf[0]),
         _ => None,
     }
@@ -162,6 +198,7 @@ async fn serve_tls(
     tls: &ServerTls,
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
+    opts: ServeOptions,
     shutdown: CancellationToken,
 ) {
     let stream = match tls.accept(stream).await {
@@ -181,7 +218,7 @@ async fn serve_tls(
     if l4 {
         serve_tcp(stream, &ctx, conn).await;
     } else {
-        serve_http(stream, ctx, conn, shutdown).await;
+        serve_http(stream, ctx, conn, opts, shutdown).await;
     }
 }
 
@@ -189,6 +226,7 @@ async fn serve_http<S>(
     stream: S,
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
+    opts: ServeOptions,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -203,13 +241,13 @@ async fn serve_http<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(opts.header_read_timeout)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(opts.max_concurrent_streams)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)

@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// `connectionPool` to this proxy's own egress traffic toward it.
     #[arg(long)]
     pub client_side_limits: bool,
+    /// Most concurrent downstream connections per listener (at least 1); more are closed at once.
+    #[arg(long, default_value_t = outrider_app::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Time a client has to send an HTTP/1.1 request head, e.g. 60s or 500ms.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -198,6 +204,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         min_retry_concurrency: args.retry_budget_min,
     };
     opts.runtime.client_side_limits = args.client_side_limits;
+    opts.max_connections = args.max_connections;
+    opts.serve.header_read_timeout = args.header_read_timeout;
     if args.access_log != "off" {
         opts.transparent_access_log = Some(outrider_config::AccessLog {
             path: args.access_log.clone(),

@@ -2,6 +2,8 @@
 //! crates.
 
 mod cmd_demo;
+mod cmd_drain;
+mod cmd_explain;
 mod cmd_healthcheck;
 mod cmd_iptables;
 mod cmd_run;
@@ -36,6 +38,10 @@ enum Command {
     Healthcheck(cmd_healthcheck::HealthcheckArgs),
     /// Built-in upstream for demos and load tests.
     Upstream(cmd_upstream::UpstreamArgs),
+    /// Show which listener, route, targets, timeouts and retries a request would get.
+    Explain(cmd_explain::ExplainArgs),
+    /// Ask the local proxy to drain (POST /drain_listeners), for preStop hooks.
+    Drain(cmd_drain::DrainArgs),
 }
 
 /// Which App Mesh resources to load and which node this proxy is (shared by several commands).
@@ -94,5 +100,7 @@ fn main() -> ExitCode {
         Command::Iptables(args) => cmd_iptables::run(args),
         Command::Healthcheck(args) => cmd_healthcheck::run(args),
         Command::Upstream(args) => cmd_upstream::run(args),
+        Command::Explain(args) => cmd_explain::run(args),
+        Command::Drain(args) => cmd_drain::run(args),
     }
 }

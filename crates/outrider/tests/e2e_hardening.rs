@@ -7,7 +7,14 @@
 //! the buffer → 431 or 414; differing duplicate Content-Length and bad header names or values
 //! → 400; a bad chunk size ends the exchange with 400 or a closed connection. Content-Length
 //! together with Transfer-Encoding is not refused: hyper follows RFC 9112 §6.3, drops the
-//! Content-Length and reads the chunked body, so the app never sees both (no smuggling).
+//! Content-Length and reads the chunked body, so the app never sees both (no smuggling), and
+//! closes the connection after the answer, so nothing the client sent after can be read as a
+//! second request.
+//!
+//! Also: a slow client is cut off by the header-read timeout; HTTP/2 rapid reset
+//! (CVE-2023-44487) and CONTINUATION floods end in GOAWAY, an oversized header list is refused,
+//! streams past the concurrent-stream limit are refused; a full listener closes new
+//! connections at once and counts them.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns, unwrap here
 
@@ -16,10 +23,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{H1, client, mesh, start, stream};
+use common::{H1, client, mesh, stream};
 use http::StatusCode;
+use outrider_app::ProxyOptions;
+use outrider_config::Selector;
 use outrider_test_support::servers::TestServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const GRACE: Duration = Duration::from_millis(200);
@@ -58,13 +67,26 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
+        Setup::with(|_| {}).await
+    }
+
+    /// The proxy with options changed by `tune` before it starts.
+    async fn with(tune: impl FnOnce(&mut ProxyOptions)) -> Setup {
         let app = TestServer::http("app");
         let spec = stream(&[
             mesh("DROP_ALL"),
             client(&[], &[(app.addr().port(), "http")]),
         ]);
+        let sel = Selector {
+            mesh: None,
+            node: Some(common::CLIENT.to_string()),
+            gateway: None,
+        };
+        let built = outrider_config::build_from_str("test.yaml", &spec, &sel).unwrap();
+        let mut opts = ProxyOptions::local(Some(built.snapshot));
+        tune(&mut opts);
         Setup {
-            proxy: start(&spec).await,
+            proxy: outrider_app::start(opts).await.unwrap(),
             app,
         }
     }
@@ -77,6 +99,20 @@ impl Setup {
         let mut c = H1::connect(self.ingress()).await;
         let r = c.get("client.local", "/next").await;
         assert_eq!((r.status, r.served_by()), (StatusCode::OK, Some("app")));
+    }
+
+    /// A fresh HTTP/2 client (the `h2` crate) is served.
+    async fn still_serves_h2(&self) {
+        let served = tokio::time::timeout(ANSWER_WAIT, async {
+            let tcp = TcpStream::connect(self.ingress()).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let (resp, _) = client.send_request(h2_get("/next-h2"), true).unwrap();
+            resp.await.unwrap().status()
+        })
+        .await;
+        assert_eq!(served.ok(), Some(StatusCode::OK));
     }
 
     async fn done(self) {
@@ -147,6 +183,356 @@ async fn content_length_with_transfer_encoding_reaches_the_app_as_chunked_only()
         assert!(seen.headers.get("content-length").is_none_or(|v| v == "3"));
     }
     s.still_serves().await;
+    s.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_closes_the_connection_after_the_answer() {
+    let s = Setup::new().await;
+    // A smuggled second request rides behind the chunked body; it must never be served.
+    let req = b"POST /first HTTP/1.1\r\nhost: client.local\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: client.local\r\n\r\n";
+    let mut c = TcpStream::connect(s.ingress()).await.unwrap();
+    c.write_all(req).await.unwrap();
+    let all = read_to_close(&mut c).await.expect("connection left open");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    assert_eq!(s.app.last_request().unwrap().uri.path(), "/first");
+    s.still_serves().await;
+    s.done().await;
+}
+
+/// Reads until the peer closes; None if it stays open past [`ANSWER_WAIT`].
+async fn read_to_close<S: AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+    let mut all = Vec::new();
+    tokio::time::timeout(ANSWER_WAIT, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_cut_off_by_the_header_read_timeout() {
+    let timeout = Duration::from_millis(300);
+    let s = Setup::with(|o| o.serve.header_read_timeout = timeout).await;
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(s.ingress()).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nhost: clie")
+        .await
+        .unwrap();
+    // A silent client is held to the same deadline.
+    let mut silent = TcpStream::connect(s.ingress()).await.unwrap();
+    // Others are served while the slow ones wait.
+    s.still_serves().await;
+    let answer = read_to_close(&mut slow)
+        .await
+        .expect("slow client not disconnected");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= timeout - Duration::from_millis(50),
+        "{elapsed:?}"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    let answer = read_to_close(&mut silent)
+        .await
+        .expect("silent client not disconnected");
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"));
+    assert!(s.app.last_request().is_none_or(|r| r.uri.path() != "/slow"));
+    s.still_serves().await;
+    s.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_listener_closes_new_connections_at_once_and_counts_them() {
+    let s = Setup::with(|o| o.max_connections = 2).await;
+    let held = [
+        TcpStream::connect(s.ingress()).await.unwrap(),
+        TcpStream::connect(s.ingress()).await.unwrap(),
+    ];
+    let mut over = TcpStream::connect(s.ingress()).await.unwrap();
+    let _ = over
+        .write_all(b"GET / HTTP/1.1\r\nhost: client.local\r\n\r\n")
+        .await;
+    let answer = read_to_close(&mut over)
+        .await
+        .expect("over-limit connection left open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let label = format!(
+        "envoy_listener_address=\"{}_{}\"",
+        s.ingress().ip(),
+        s.ingress().port()
+    );
+    let stats = admin_get(s.proxy.addrs().admin.unwrap(), "/stats/prometheus").await;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("envoy_listener_downstream_cx_overflow") && l.contains(&label))
+        .unwrap_or_else(|| panic!("no overflow counter for {label} in:\n{stats}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{line}");
+    // A slot frees when a held connection ends.
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(s.ingress()).await.unwrap();
+        c.write_all(b"GET /after HTTP/1.1\r\nhost: client.local\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut c).await.unwrap_or_default();
+        if answer.starts_with(b"HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "no slot freed after the held connections closed");
+    s.done().await;
+}
+
+/// One GET over a fresh connection to the admin endpoint; the body.
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.unwrap();
+    let all = read_to_close(&mut c).await.unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+// ---- HTTP/2: raw frames and the h2 crate ----
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+const REFUSED_STREAM: u32 = 0x7;
+const COMPRESSION_ERROR: u32 = 0x9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn h2_get(path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .uri(format!("http://client.local{path}"))
+        .body(())
+        .unwrap()
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK for `GET http://client.local/`: static-table :method, :scheme, :path, then
+/// :authority as a literal without indexing.
+fn get_block() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, 12];
+    b.extend_from_slice(b"client.local");
+    b
+}
+
+/// A frame the proxy sent, or how the connection ended.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Frame { kind: u8, stream: u32, code: u32 },
+    Closed,
+    Silent,
+}
+
+/// Reads frames until one satisfies `want`, the connection closes, or [`ANSWER_WAIT`] passes.
+/// `code` is the error code of RST_STREAM and GOAWAY frames, else 0.
+async fn frames_until(
+    s: &mut tokio::net::tcp::OwnedReadHalf,
+    want: impl Fn(u8, u32, u32) -> bool,
+) -> Seen {
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return Seen::Closed;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return Seen::Closed;
+            }
+            let code = match head[3] {
+                RST_STREAM if len >= 4 => u32::from_be_bytes(payload[..4].try_into().unwrap()),
+                GOAWAY if len >= 8 => u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+                _ => 0,
+            };
+            if want(head[3], stream, code) {
+                return Seen::Frame {
+                    kind: head[3],
+                    stream,
+                    code,
+                };
+            }
+        }
+    };
+    tokio::time::timeout(ANSWER_WAIT, read)
+        .await
+        .unwrap_or(Seen::Silent)
+}
+
+/// Connects, writes `bytes` from a separate task (the proxy may stop reading), returns the
+/// read half.
+async fn h2_attack(addr: SocketAddr, bytes: Vec<u8>) -> tokio::net::tcp::OwnedReadHalf {
+    let (read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(ANSWER_WAIT, write.write_all(&bytes)).await;
+        // Keep the write half open until the reader is done with the connection.
+        tokio::time::sleep(ANSWER_WAIT).await;
+    });
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_rapid_reset_gets_goaway() {
+    let s = Setup::new().await;
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        bytes.extend(frame(HEADERS, END_HEADERS, id, &get_block()));
+        bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    let started = std::time::Instant::now();
+    let mut read = h2_attack(s.ingress(), bytes).await;
+    let seen = frames_until(&mut read, |kind, _, _| kind == GOAWAY).await;
+    assert!(
+        matches!(
+            seen,
+            Seen::Frame {
+                kind: GOAWAY,
+                code: ENHANCE_YOUR_CALM,
+                ..
+            }
+        ),
+        "{seen:?}"
+    );
+    // Bounded work: the connection is cut long before 2000 upstream requests could finish.
+    assert!(started.elapsed() < ANSWER_WAIT, "{:?}", started.elapsed());
+    assert!(
+        s.app.hits() < 2000,
+        "{} requests reached the app",
+        s.app.hits()
+    );
+    s.still_serves_h2().await;
+    s.still_serves().await;
+    s.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_continuation_flood_gets_goaway() {
+    let s = Setup::new().await;
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    bytes.extend(frame(HEADERS, 0, 1, &get_block()));
+    // Literal fields without indexing, new names: a header list that never ends.
+    let mut field = vec![0x00, 6];
+    field.extend_from_slice(b"x-fl00");
+    field.push(100);
+    field.extend_from_slice(&[b'a'; 100]);
+    // Whole fields per frame, so the block stays valid HPACK and only its length offends.
+    let block: Vec<u8> = field
+        .iter()
+        .copied()
+        .cycle()
+        .take(field.len() * 9)
+        .collect();
+    for _ in 0..1000 {
+        bytes.extend(frame(CONTINUATION, 0, 1, &block));
+    }
+    let mut read = h2_attack(s.ingress(), bytes).await;
+    let seen = frames_until(&mut read, |kind, _, _| kind == GOAWAY).await;
+    // Too many CONTINUATION frames, or a block past the header list limit.
+    assert!(
+        matches!(
+            seen,
+            Seen::Frame {
+                kind: GOAWAY,
+                code: ENHANCE_YOUR_CALM | COMPRESSION_ERROR,
+                ..
+            }
+        ),
+        "{seen:?}"
+    );
+    s.still_serves_h2().await;
+    s.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_oversized_header_list_is_refused() {
+    let s = Setup::new().await;
+    let outcome = tokio::time::timeout(ANSWER_WAIT, async {
+        let tcp = TcpStream::connect(s.ingress()).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.map_err(|e| e.to_string())?;
+        let mut req = h2_get("/big");
+        let value = http::HeaderValue::from_str(&"v".repeat(1024)).unwrap();
+        for i in 0..80 {
+            let name = http::HeaderName::try_from(format!("x-big-{i}")).unwrap();
+            req.headers_mut().insert(name, value.clone());
+        }
+        let (resp, _) = client.send_request(req, true).map_err(|e| e.to_string())?;
+        resp.await.map(|r| r.status()).map_err(|e| e.to_string())
+    })
+    .await
+    .expect("no answer to an oversized header list");
+    // h2 decodes the list within its bound, drops it and answers the stream itself.
+    assert_eq!(outcome, Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    assert!(s.app.last_request().is_none());
+    s.still_serves_h2().await;
+    s.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_past_the_limit_are_refused() {
+    let s = Setup::with(|o| o.serve.max_concurrent_streams = 4).await;
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    // Requests that never end their body keep their streams open.
+    for i in 0..12u32 {
+        bytes.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &get_block()));
+    }
+    let mut read = h2_attack(s.ingress(), bytes).await;
+    let seen = frames_until(&mut read, |kind, _, code| {
+        (kind == RST_STREAM && code == REFUSED_STREAM) || kind == GOAWAY
+    })
+    .await;
+    match seen {
+        Seen::Frame {
+            kind: RST_STREAM,
+            stream,
+            ..
+        } => assert!(stream > 7, "stream {stream} within the limit was refused"),
+        other => assert!(
+            matches!(other, Seen::Frame { kind: GOAWAY, .. }),
+            "{other:?}"
+        ),
+    }
+    s.still_serves_h2().await;
     s.done().await;
 }
 

@@ -1,4 +1,4 @@
-//! VirtualGateway and GatewayRoute specs (parsed and validated; gateway mode is not compiled yet).
+//! VirtualGateway and GatewayRoute specs, compiled by gateway mode (`--gateway`).
 
 use serde::Deserialize;
 

@@ -78,7 +78,8 @@ async fn endpoints_added_and_removed_under_traffic_without_errors() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let added = Instant::now();
     dns.set(NAME, &[FIRST, SECOND]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Long enough that both endpoints serve for a while even on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let removed = Instant::now();
     dns.set(NAME, &[FIRST]);
     tokio::time::sleep(Duration::from_millis(800)).await;

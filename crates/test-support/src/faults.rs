@@ -30,6 +30,10 @@ pub struct Faults {
     pub fail_first: AtomicU64,
     /// Answer this many per mille of requests with `fail_status` (random).
     pub fail_permille: AtomicU32,
+    /// Answer exactly this many tenths of requests with `fail_status`, spread evenly and never
+    /// two in a row (request n fails when `(n+1)*k/10 > n*k/10`, for k ≤ 5): deterministic, so a
+    /// test of retries does not depend on luck.
+    pub fail_spread_tenths: AtomicU32,
     /// Status of failures; 0 means 503.
     pub fail_status: AtomicU32,
     /// Wait this long before answering.
@@ -161,7 +165,9 @@ async fn answer(
     let fail_first = n < f.fail_first.load(Ordering::SeqCst);
     let permille = f.fail_permille.load(Ordering::SeqCst);
     let random_fail = permille > 0 && fastrand_permille() < permille;
-    if unhealthy || fail_first || random_fail {
+    let k = u64::from(f.fail_spread_tenths.load(Ordering::SeqCst).min(5));
+    let spread_fail = k > 0 && (n + 1) * k / 10 > n * k / 10;
+    if unhealthy || fail_first || random_fail || spread_fail {
         let status = match f.fail_status.load(Ordering::SeqCst) {
             0 => StatusCode::SERVICE_UNAVAILABLE,
             s => StatusCode::from_u16(s as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),

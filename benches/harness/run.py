@@ -26,13 +26,16 @@ import resource
 import shutil
 import signal
 import socket
+import socketserver
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +63,16 @@ STARTUP_TIMEOUT_S = 60.0
 SERVICE_HOST = "upstream.bench.local"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # protocol of the upstream node's listener, by outrider spec variant
-UPSTREAM_PROTOCOL = {"min": "http", "full": "http", "tcp": "tcp", "h2": "http2"}
+UPSTREAM_PROTOCOL = {"min": "http", "full": "http", "telemetry": "http", "tcp": "tcp",
+                     "h2": "http2"}
+# JSON access-log fields of the outrider-telemetry variant (Envoy command operators).
+ACCESS_LOG_JSON = [
+    ("start_time", "%START_TIME%"), ("method", "%REQ(:METHOD)%"), ("path", "%REQ(:PATH)%"),
+    ("protocol", "%PROTOCOL%"), ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"), ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"), ("duration", "%DURATION%"),
+    ("upstream_host", "%UPSTREAM_HOST%"), ("authority", "%REQ(:AUTHORITY)%"),
+]
 NOFILE = [1024]  # the fd limit this run got (set once in main)
 PAGE_NOTE: list[str] = []  # notes for the report: skipped peers, overruns, failures
 
@@ -225,6 +237,7 @@ class Target:
     argv: list[str] | None  # None: nothing to start (direct)
     host: str = SERVICE_HOST
     proto: str = "h1"  # what h2load speaks to it: "h1" or "h2c" (prior knowledge)
+    env: dict[str, str] | None = None  # variables added to the harness's environment
     proc: subprocess.Popen | None = None
     startup_ms: list[float] = field(default_factory=list)
     idle_rss_kib: int | None = None
@@ -239,8 +252,9 @@ class Target:
             return None
         out = open(logdir / f"{self.name}.log", "ab")
         t0 = time.monotonic()
+        env = dict(os.environ, **self.env) if self.env else None
         self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         out.close()
         while time.monotonic() - t0 < STARTUP_TIMEOUT_S:
             if self.proc.poll() is not None:
@@ -280,16 +294,22 @@ class Target:
 # Peer configurations
 
 
-def outrider_spec(upstream_port: int, variant: str) -> str:
+def outrider_spec(upstream_port: int, variant: str, access_log: Path | None = None) -> str:
+    logging = ""
+    if access_log is not None:
+        fields = "".join(f"              - {{ key: {k}, value: '{v}' }}\n"
+                         for k, v in ACCESS_LOG_JSON)
+        logging = ("  logging:\n    accessLog:\n      file:\n"
+                   f"        path: {access_log}\n        format:\n          json:\n{fields}")
     docs = [
         "meshName: bench\nspec:\n  egressFilter:\n    type: DROP_ALL\n",
         "meshName: bench\nvirtualNodeName: bench\nspec:\n  listeners: []\n  backends:\n"
-        f"    - virtualService: {{ virtualServiceName: {SERVICE_HOST} }}\n",
+        f"    - virtualService: {{ virtualServiceName: {SERVICE_HOST} }}\n{logging}",
         "meshName: bench\nvirtualNodeName: upstream\nspec:\n  listeners:\n"
         f"    - portMapping: {{ port: {upstream_port}, protocol: {UPSTREAM_PROTOCOL[variant]} }}\n"
         "  serviceDiscovery:\n    dns: { hostname: 127.0.0.1 }\n",
     ]
-    if variant == "full":
+    if variant in ("full", "telemetry"):
         docs += [
             "meshName: bench\nvirtualRouterName: router\nspec:\n  listeners:\n"
             "    - portMapping: { port: 8080, protocol: http }\n",
@@ -308,6 +328,40 @@ def outrider_spec(upstream_port: int, variant: str) -> str:
             f"meshName: bench\nvirtualServiceName: {SERVICE_HOST}\nspec:\n  provider:\n"
             "    virtualNode: { virtualNodeName: upstream }\n")
     return "---\n".join(docs)
+
+
+class _OtlpSink(BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP exports (POST /v1/traces) with 200 and counts them."""
+    protocol_version = "HTTP/1.1"
+    posts = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        ok = self.path == "/v1/traces"
+        _OtlpSink.posts += ok
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+def start_sinks() -> tuple[int, int]:
+    """Starts a local OTLP/HTTP collector and a DogStatsD UDP sink that discards what it gets;
+    returns (otlp port, statsd port). Both run on daemon threads of the harness."""
+    otlp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _OtlpSink)
+    otlp.daemon_threads = True
+    threading.Thread(target=otlp.serve_forever, daemon=True).start()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+
+    def drain() -> None:
+        while True:
+            udp.recv(65536)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return otlp.server_address[1], udp.getsockname()[1]
 
 
 def max_conns(nofile: int) -> int:
@@ -416,7 +470,18 @@ def make_targets(bins: Path, tools: dict, tmp: Path, upstream_port: int,
     def outrider_target(name: str, variant: str) -> Target:
         spec_dir = tmp / f"spec-{variant}"
         spec_dir.mkdir()
-        (spec_dir / "mesh.yaml").write_text(outrider_spec(upstream_port, variant))
+        env = None
+        access_log = None
+        if variant == "telemetry":
+            # outrider-full plus every sink on: JSON access log to a file, a span per request
+            # (OTLP's default sampler is 1.0) to a local collector, DogStatsD over UDP.
+            access_log = tmp / "telemetry-access.log"
+            otlp_port, statsd_port = start_sinks()
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+                   "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                   "ENABLE_ENVOY_DOG_STATSD": "1", "STATSD_ADDRESS": "127.0.0.1",
+                   "STATSD_PORT": str(statsd_port)}
+        (spec_dir / "mesh.yaml").write_text(outrider_spec(upstream_port, variant, access_log))
         ingress, egress, admin = free_port(), free_port(), free_port()
         node = "upstream" if variant == "tcp" else "bench"
         argv = pinned(PROXY_CORE, [
@@ -427,7 +492,7 @@ def make_targets(bins: Path, tools: dict, tmp: Path, upstream_port: int,
         # which only exists behind iptables REDIRECT.
         port = ingress if variant == "tcp" else egress
         return Target(name, "tcp" if variant == "tcp" else "http", port, argv,
-                      proto="h2c" if variant == "h2" else "h1")
+                      proto="h2c" if variant == "h2" else "h1", env=env)
 
     def haproxy_target(name: str, mode: str, h2: bool) -> Target:
         port = free_port()
@@ -459,6 +524,7 @@ def make_targets(bins: Path, tools: dict, tmp: Path, upstream_port: int,
             proto=proto)
 
     targets += [outrider_target("outrider-min", "min"), outrider_target("outrider-full", "full"),
+                outrider_target("outrider-telemetry", "telemetry"),
                 outrider_target("outrider-tcp", "tcp")]
     if tools.get("haproxy"):
         targets += [haproxy_target("haproxy", "http", False),
@@ -660,6 +726,7 @@ def report(runs: list[dict], targets: list[Target], meta: dict) -> str:
               "| Ratio | " + " | ".join(f"{r} RPS" for r in meta["rates"]) + " |",
               "|---|" + "---|" * len(meta["rates"])]
     pairs = [("outrider-min", "haproxy"), ("outrider-full", "haproxy"),
+             ("outrider-telemetry", "outrider-full"), ("outrider-telemetry", "haproxy"),
              ("outrider-min", "envoy"), ("outrider-full", "envoy"), ("outrider-min", "splice"),
              ("outrider-tcp", "haproxy-tcp"), ("outrider-tcp", "splice"),
              ("outrider-h2c", "haproxy-h2c"), ("outrider-h2c", "envoy-h2c"),

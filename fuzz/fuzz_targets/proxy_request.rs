@@ -16,8 +16,12 @@ use tokio::net::TcpStream;
 /// input counts as a hang (a crash for libFuzzer).
 const EXCHANGE_BOUND: Duration = Duration::from_secs(5);
 
+/// Everything stays reachable for the life of the process, so LeakSanitizer does not take the
+/// long-lived proxy and upstream for leaks.
 struct Harness {
     rt: tokio::runtime::Runtime,
+    _proxy: outrider_app::RunningProxy,
+    _upstream: TestServer,
     egress: SocketAddr,
     ingress: SocketAddr,
 }
@@ -42,9 +46,8 @@ fn harness() -> &'static Harness {
             Ok(rt) => rt,
             Err(e) => panic!("harness runtime: {e}"),
         };
-        let (egress, ingress) = rt.block_on(async {
-            // The upstream lives as long as the process.
-            let up = Box::leak(Box::new(TestServer::http("up")));
+        let (proxy, up) = rt.block_on(async {
+            let up = TestServer::http("up");
             let sel = outrider_config::Selector { mesh: None, node: Some("front".into()), gateway: None };
             let built = match outrider_config::build_from_str("fuzz.yaml", &spec(up.addr().port()), &sel) {
                 Ok(b) => b,
@@ -55,13 +58,13 @@ fn harness() -> &'static Harness {
                 watch_config: false,
                 ..outrider_app::ProxyOptions::local(Some(built.snapshot))
             };
-            let proxy = match outrider_app::start(opts).await {
-                Ok(p) => Box::leak(Box::new(p)),
+            match outrider_app::start(opts).await {
+                Ok(p) => (p, up),
                 Err(e) => panic!("harness proxy: {e}"),
-            };
-            (proxy.addrs().egress, proxy.addrs().ingress)
+            }
         });
-        Harness { rt, egress, ingress }
+        let (egress, ingress) = (proxy.addrs().egress, proxy.addrs().ingress);
+        Harness { rt, _proxy: proxy, _upstream: up, egress, ingress }
     })
 }
 
@@ -82,6 +85,7 @@ async fn exchange(addr: SocketAddr, data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     let h = harness();
     let addr = if data.first().is_some_and(|b| b & 1 == 1) { h.ingress } else { h.egress };
-    let done = h.rt.block_on(tokio::time::timeout(EXCHANGE_BOUND, exchange(addr, data)));
+    // The timer must be made inside the runtime, hence the async block.
+    let done = h.rt.block_on(async { tokio::time::timeout(EXCHANGE_BOUND, exchange(addr, data)).await });
     assert!(done.is_ok(), "proxy neither answered nor closed within {EXCHANGE_BOUND:?}");
 });

@@ -454,10 +454,18 @@ fn parse_pieces(pattern: &str) -> Result<Vec<Piece>, FormatError> {
 /// operator and the index just past its closing `%`.
 fn parse_op(pattern: &str, start: usize) -> Result<(Op, usize), FormatError> {
     let bytes = pattern.as_bytes();
-    let malformed = |end: usize, reason: &'static str| FormatError::Malformed {
-        operator: pattern[start..end.min(pattern.len())].to_string(),
-        position: start,
-        reason,
+    let malformed = |end: usize, reason: &'static str| {
+        // The excerpt must end on a character boundary: the byte after '%' may start a
+        // multi-byte character.
+        let mut end = end.min(pattern.len());
+        while !pattern.is_char_boundary(end) {
+            end += 1;
+        }
+        FormatError::Malformed {
+            operator: pattern[start..end].to_string(),
+            position: start,
+            reason,
+        }
     };
     let mut i = start + 1;
     while i < bytes.len()

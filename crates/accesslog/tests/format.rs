@@ -260,3 +260,12 @@ fn write_appends_without_touching_existing_output() {
     f.write(&rec, &mut s);
     assert_eq!(s, "prev\n0\n0\n");
 }
+
+/// Found by the `access_log_format` fuzzer: a multi-byte character right after `%` must give a
+/// clean error, not a panic on a character boundary.
+#[test]
+fn non_ascii_after_percent_is_an_error_not_a_panic() {
+    for pattern in ["R%\u{6ec}%R%", "%é", "%\u{1F600}%", "a%ß(x)%"] {
+        assert!(outrider_accesslog::Format::text(pattern).is_err(), "{pattern:?}");
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use notify::{EventKind, RecursiveMode, Watcher};
 use outrider_config::{Discovery, Selector};
 use outrider_discovery::{DnsTarget, Resolver, Watch};
-use outrider_http::{Runtime, RuntimeOptions, Upstream};
+use outrider_http::{Runtime, RuntimeOptions, ServiceAddrs, Upstream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -82,10 +82,25 @@ struct LastReload {
     problems: usize,
 }
 
-/// The running DNS watches, one per cluster with DNS discovery.
+/// The running DNS watches: one per cluster with DNS discovery, and one per TCP virtual
+/// service name that must be resolved to tell services sharing a port apart.
 #[derive(Default)]
 pub(crate) struct DiscoverySet {
     feeds: Vec<Feed>,
+    services: Vec<ServiceFeed>,
+}
+
+/// Watches a sync no longer needs; dropping them stops them (after the runtime swap).
+pub(crate) struct Retired {
+    _feeds: Vec<Feed>,
+    _services: Vec<ServiceFeed>,
+}
+
+/// One DNS watch of a virtual service name feeding that service's address set.
+pub(crate) struct ServiceFeed {
+    addrs: Arc<ServiceAddrs>,
+    watch: Watch,
+    _feeder: AbortOnDrop,
 }
 
 /// One DNS watch feeding one cluster's endpoints.
@@ -202,13 +217,16 @@ impl DiscoverySet {
     /// Makes the watches match `runtime`'s clusters: a cluster whose DNS target and upstream are
     /// unchanged keeps its feed; one with the same target but a new upstream keeps the watch
     /// (no new lookups) and gets a new feeder; new targets get new watches, waited on for up to
-    /// [`STARTUP_DISCOVERY_WAIT`]. Returns the feeds no longer needed, to drop after the swap.
+    /// [`STARTUP_DISCOVERY_WAIT`]. The same for the names of TCP virtual services that share a
+    /// port ([`Runtime::tcp_service_addrs`]). Returns the watches no longer needed, to drop
+    /// after the swap.
     pub(crate) async fn sync(
         &mut self,
         runtime: &Runtime,
         resolver: &Resolver,
         refresh: Duration,
-    ) -> Vec<Feed> {
+    ) -> Retired {
+        let (retired_services, fresh_services) = self.sync_services(runtime, resolver, refresh);
         let mut old = std::mem::take(&mut self.feeds);
         let mut fresh = Vec::new();
         for (cluster, upstream) in runtime.snapshot().clusters.iter().zip(runtime.clusters()) {
@@ -239,6 +257,11 @@ impl DiscoverySet {
                     f.watch.ready().await;
                 }
             }
+            for &i in &fresh_services {
+                if let Some(f) = self.services.get_mut(i) {
+                    f.watch.ready().await;
+                }
+            }
         })
         .await;
         // The feeders may not have run yet: publish what the first answers said now.
@@ -247,7 +270,74 @@ impl DiscoverySet {
                 f.upstream.set_endpoints(&f.watch.current());
             }
         }
-        old
+        for &i in &fresh_services {
+            if let Some(f) = self.services.get(i) {
+                f.publish(&f.watch.current());
+            }
+        }
+        Retired {
+            _feeds: old,
+            _services: retired_services,
+        }
+    }
+
+    /// Matches the service-name watches to `runtime`, as `sync` does for clusters. Returns
+    /// the watches no longer needed and the indexes of the new ones.
+    fn sync_services(
+        &mut self,
+        runtime: &Runtime,
+        resolver: &Resolver,
+        refresh: Duration,
+    ) -> (Vec<ServiceFeed>, Vec<usize>) {
+        let mut old = std::mem::take(&mut self.services);
+        let mut fresh = Vec::new();
+        for addrs in runtime.tcp_service_addrs() {
+            if let Some(i) = old.iter().position(|f| Arc::ptr_eq(&f.addrs, addrs)) {
+                self.services.push(old.swap_remove(i));
+                continue;
+            }
+            let watch = match old.iter().position(|f| f.addrs.name() == addrs.name()) {
+                Some(i) => old.swap_remove(i).watch,
+                None => {
+                    fresh.push(self.services.len());
+                    let mut target = DnsTarget::new(addrs.name(), addrs.port());
+                    target.refresh = refresh;
+                    outrider_discovery::watch(resolver.clone(), target)
+                }
+            };
+            self.services.push(ServiceFeed::start(addrs.clone(), watch));
+        }
+        (old, fresh)
+    }
+}
+
+impl ServiceFeed {
+    fn start(addrs: Arc<ServiceAddrs>, watch: Watch) -> ServiceFeed {
+        let mut rx = watch.receiver();
+        let fed = addrs.clone();
+        let feeder = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let endpoints = rx.borrow_and_update().clone();
+                tracing::debug!(
+                    service = fed.name(),
+                    addresses = endpoints.len(),
+                    "virtual service addresses changed"
+                );
+                fed.set(endpoints.iter().map(std::net::SocketAddr::ip));
+            }
+        });
+        let feed = ServiceFeed {
+            addrs,
+            watch,
+            _feeder: AbortOnDrop(feeder),
+        };
+        feed.publish(&feed.watch.current());
+        feed
+    }
+
+    fn publish(&self, endpoints: &[std::net::SocketAddr]) {
+        self.addrs
+            .set(endpoints.iter().map(std::net::SocketAddr::ip));
     }
 }
 

@@ -71,12 +71,52 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 fn is_hop_by_hop_name(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::TE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+    // Dispatch on the length first: most names differ in length from all six, so a typical
+    // header costs one table lookup and one compare instead of six name comparisons.
+    let s = name.as_str();
+    match s.len() {
+        2 => s == "te",
+        7 => s == "upgrade",
+        10 => s == "connection" || s == "keep-alive",
+        16 => s == "proxy-connection",
+        17 => s == "transfer-encoding",
+        _ => false,
+    }
+}
+
+/// Writes `ip` as text into `out` and returns the length. IPv4 (the common case) is written
+/// digit by digit; `fmt` machinery costs over a thousand instructions per address.
+fn format_ip(ip: IpAddr, out: &mut [u8; 64]) -> usize {
+    use std::io::Write as _;
+
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    out[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    out[len] = b'0' + (octet / 10) % 10;
+                    len += 1;
+                }
+                out[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            // An IPv6 address is at most 45 characters; format it without a heap String.
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        }
+    }
 }
 
 /// Appends the downstream address to `x-forwarded-for`, sets `x-forwarded-proto` when absent and
@@ -84,13 +124,9 @@ fn is_hop_by_hop_name(name: &HeaderName) -> bool {
 /// address.
 pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, scheme: &'static str) {
     use http::header::Entry;
-    use std::io::Write as _;
 
-    // An IPv6 address is at most 45 characters; format it without a heap String.
     let mut text = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut text[..]);
-    let _ = write!(cursor, "{peer}");
-    let len = cursor.position() as usize;
+    let len = format_ip(peer, &mut text);
     let peer_text = &text[..len];
     match headers.entry(X_FORWARDED_FOR.clone()) {
         Entry::Occupied(mut e) => {
@@ -129,15 +165,17 @@ pub fn request_id() -> HeaderValue {
     // Version 4, variant 10xx.
     n = (n & !(0xf << 76)) | (0x4 << 76);
     n = (n & !(0x3 << 62)) | (0x2 << 62);
+    // Byte by byte, two hex digits each, a dash before bytes 4, 6, 8 and 10 (8-4-4-4-12).
     let mut out = [0u8; 36];
-    let mut nibble = 32;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
+    let mut at = 0;
+    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[at] = b'-';
+            at += 1;
         }
-        nibble -= 1;
-        *slot = HEX[((n >> (nibble * 4)) & 0xf) as usize];
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     // The bytes are ASCII hex and dashes, always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
@@ -204,10 +242,49 @@ mod tests {
         let id = h.get("x-request-id").unwrap().to_str().unwrap().to_string();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        let dashes: Vec<usize> = id.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
         let mut h2 = HeaderMap::new();
         h2.insert("x-request-id", HeaderValue::from_static("abc"));
         add_forwarding(&mut h2, "::1".parse().unwrap(), "http");
         assert_eq!(h2.get("x-request-id").unwrap(), "abc");
+    }
+
+    #[test]
+    fn formats_addresses_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "192.168.100.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = [0u8; 64];
+            let len = format_ip(ip, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names() {
+        for n in [
+            "te",
+            "upgrade",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+        ] {
+            assert!(is_hop_by_hop_name(&HeaderName::from_static(n)), "{n}");
+        }
+        for n in ["tt", "content-length", "host", "x-request-id", "trailer"] {
+            assert!(!is_hop_by_hop_name(&HeaderName::from_static(n)), "{n}");
+        }
     }
 
     #[test]

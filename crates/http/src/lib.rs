@@ -29,7 +29,7 @@ pub use outrider_policy::RetryBudgetConfig;
 pub use pool::{MAX_IDLE_PER_ENDPOINT, POOL_IDLE_TIMEOUT, SendError};
 pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService, RetrySkipped};
 pub use runtime::{
-    HttpDecision, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions, TcpDecision,
+    HttpDecision, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions, ServiceAddrs, TcpDecision,
 };
 pub use server::{
     DETECT_TIMEOUT, Detected, HEADER_READ_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES,

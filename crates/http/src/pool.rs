@@ -198,7 +198,9 @@ impl EndpointPool {
                 },
             }
         }
-        let mut tx = self.dial_h1(connect_timeout).await?;
+        // Dialing is the rare path and its future (connect, TLS, handshake) is large: boxed so
+        // that every request reusing a pooled connection does not carry it.
+        let mut tx = Box::pin(self.dial_h1(connect_timeout)).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok((
                 resp,
@@ -251,11 +253,19 @@ impl EndpointPool {
         &self,
         connect_timeout: Duration,
     ) -> Result<http2::SendRequest<ReqBody>, SendError> {
-        if let Some(tx) = self.h2.load_full()
+        if let Some(tx) = &*self.h2.load()
             && !tx.is_closed()
         {
-            return Ok((*tx).clone());
+            return Ok((**tx).clone());
         }
+        // Rare and large (lock wait, connect, TLS, handshake): boxed, see `send_h1`.
+        Box::pin(self.dial_h2(connect_timeout)).await
+    }
+
+    async fn dial_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
         // One dial at a time per endpoint: concurrent requests share the new connection.
         let _dialing = self.h2_dial.lock().await;
         if let Some(tx) = self.h2.load_full()

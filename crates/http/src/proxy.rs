@@ -118,9 +118,14 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let active = self.activity.as_ref().map(|a| a.begin());
         Box::pin(async move {
             let _active = active;
+            // The one clock read of the request's start, shared by the stats and the access log.
             let start = Instant::now();
             ctx.stats.rq_total.increment(1);
-            let resp = handle(&ctx, conn, req).await;
+            let resp = match &ctx.tracer {
+                None => handle_logged(&ctx, conn, req, None, start).await,
+                // Rare and large: boxed so the common request future stays small.
+                Some(tracer) => Box::pin(handle_traced(&ctx, tracer, conn, req, start)).await,
+            };
             ctx.stats.record_response(resp.status().as_u16(), start);
             Ok(resp)
         })
@@ -181,10 +186,13 @@ struct AttemptTrace {
     cluster: String,
 }
 
-async fn handle(ctx: &ListenerCtx, conn: ConnInfo, req: Request<Incoming>) -> Response<RespBody> {
-    let Some(tracer) = &ctx.tracer else {
-        return handle_logged(ctx, conn, req, None).await;
-    };
+async fn handle_traced(
+    ctx: &ListenerCtx,
+    tracer: &Arc<Tracer>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Response<RespBody> {
     let request = tracer.begin(req.headers());
     let record = request.sampled && tracer.exporting();
     let mut traced = Traced {
@@ -196,14 +204,14 @@ async fn handle(ctx: &ListenerCtx, conn: ConnInfo, req: Request<Incoming>) -> Re
     };
     // Egress emits client spans per attempt only, as Envoy's sidecar does.
     if !(record && ctx.direction == Direction::Ingress) {
-        return handle_logged(ctx, conn, req, Some(&mut traced)).await;
+        return handle_logged(ctx, conn, req, Some(&mut traced), start).await;
     }
-    let start = unix_nanos();
+    let start_nanos = unix_nanos();
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let authority = request_authority(&req).map(|a| a.host().to_string());
     let version = protocol_version(req.version());
-    let resp = handle_logged(ctx, conn, req, Some(&mut traced)).await;
+    let resp = handle_logged(ctx, conn, req, Some(&mut traced), start).await;
     let status = resp.status().as_u16();
     let mut attributes = vec![
         ("http.request.method", AttrValue::Str(method.clone())),
@@ -238,7 +246,7 @@ async fn handle(ctx: &ListenerCtx, conn: ConnInfo, req: Request<Incoming>) -> Re
         parent_span_id: traced.request.parent_span_id(),
         name: method,
         kind: SpanKind::Server,
-        start_unix_nanos: start,
+        start_unix_nanos: start_nanos,
         end_unix_nanos: unix_nanos(),
         attributes,
         error: failed,
@@ -259,20 +267,38 @@ async fn handle_logged(
     conn: ConnInfo,
     req: Request<Incoming>,
     traced: Option<&mut Traced>,
+    start: Instant,
 ) -> Response<RespBody> {
     let runtime = ctx.runtime.load_full();
-    let Some(log) = runtime.access_log().cloned() else {
-        return handle_inner(ctx, conn, &runtime, req, None, traced).await;
-    };
+    match runtime.access_log().cloned() {
+        None => handle_inner(ctx, conn, &runtime, req, None, traced).await,
+        // The access-log state is large: boxed so requests without a log do not carry it.
+        Some(log) => {
+            Box::pin(handle_with_log(
+                ctx, conn, &runtime, req, traced, log, start,
+            ))
+            .await
+        }
+    }
+}
+
+async fn handle_with_log(
+    ctx: &ListenerCtx,
+    conn: ConnInfo,
+    runtime: &Runtime,
+    req: Request<Incoming>,
+    traced: Option<&mut Traced>,
+    log: Arc<crate::access::AccessLog>,
+    start: Instant,
+) -> Response<RespBody> {
     let start_wall = std::time::SystemTime::now();
-    let start = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let version = req.version();
     let authority = request_authority(&req).map(|a| a.as_str().to_string());
     let bytes_received = req.body().size_hint().exact().unwrap_or(0);
     let mut trail = Trail::default();
-    let mut resp = handle_inner(ctx, conn, &runtime, req, Some(&mut trail), traced).await;
+    let mut resp = handle_inner(ctx, conn, runtime, req, Some(&mut trail), traced).await;
     let flags = resp
         .extensions()
         .get::<LocalReason>()
@@ -360,11 +386,15 @@ async fn handle_inner(
     }
 
     let retries_possible = plan.retry.max_retries > 0 && !upgrade;
-    let body = match prepare_body(body, retries_possible).await {
-        Ok(b) => b,
-        Err(reason) => return local_reply(reason, grpc),
+    let body = match prepare_body(body, retries_possible) {
+        Prepared::Ready(b) => b,
+        // Buffering for replay waits on the client: boxed, off the common bodiless path.
+        Prepared::Buffer(body) => match Box::pin(buffer_body(body)).await {
+            Ok(b) => b,
+            Err(reason) => return local_reply(reason, grpc),
+        },
     };
-    let uri = match upstream_uri(&parts.uri, authority.as_ref(), plan.h2) {
+    let uri = match upstream_uri(std::mem::take(&mut parts.uri), authority.as_ref(), plan.h2) {
         Some(u) => u,
         None => return local_reply(LocalReason::BadRequest, grpc),
     };
@@ -493,7 +523,8 @@ async fn decide(
         HttpDecision::Unknown(outrider_config::EgressFilter::AllowAll) => {
             let dst = match conn.orig_dst {
                 Some(d) => d,
-                None => resolve_authority(host, authority_port.unwrap_or(80)).await?,
+                // DNS is rare (explicit-proxy clients): boxed to keep it out of the request future.
+                None => Box::pin(resolve_authority(host, authority_port.unwrap_or(80))).await?,
             };
             if outrider_transport::is_self(dst, &ctx.own_addrs) {
                 return Err(LocalReason::NoRoute);
@@ -648,17 +679,28 @@ async fn resolve_authority(host: &str, port: u16) -> Result<SocketAddr, LocalRea
     }
 }
 
-async fn prepare_body(body: Incoming, retries_possible: bool) -> Result<ReqBody, LocalReason> {
+/// Whether a request body is ready to send or must first be buffered for replay.
+enum Prepared {
+    Ready(ReqBody),
+    Buffer(Incoming),
+}
+
+fn prepare_body(body: Incoming, retries_possible: bool) -> Prepared {
     if body.is_end_stream() {
-        return Ok(ReqBody::Empty);
+        return Prepared::Ready(ReqBody::Empty);
     }
     let small = body
         .size_hint()
         .exact()
         .is_some_and(|n| n <= MAX_REPLAY_BODY);
     if !(retries_possible && small) {
-        return Ok(ReqBody::Stream(body));
+        return Prepared::Ready(ReqBody::Stream(body));
     }
+    Prepared::Buffer(body)
+}
+
+/// Reads a small sized body whole so that retries can replay it.
+async fn buffer_body(body: Incoming) -> Result<ReqBody, LocalReason> {
     match Limited::new(body, MAX_REPLAY_BODY as usize).collect().await {
         Ok(collected) => {
             // Trailers on a small unary body are rare; such a request is simply not replayed
@@ -669,7 +711,12 @@ async fn prepare_body(body: Incoming, retries_possible: bool) -> Result<ReqBody,
     }
 }
 
-fn upstream_uri(uri: &Uri, authority: Option<&Authority>, h2: bool) -> Option<Uri> {
+fn upstream_uri(uri: Uri, authority: Option<&Authority>, h2: bool) -> Option<Uri> {
+    // An HTTP/1.1 origin-form target (the common case) is already what goes upstream.
+    if !h2 && uri.scheme().is_none() && uri.authority().is_none() && uri.path_and_query().is_some()
+    {
+        return Some(uri);
+    }
     let pq = uri
         .path_and_query()
         .cloned()
@@ -697,11 +744,18 @@ struct Template {
 }
 
 impl Template {
-    fn request(&self, body: ReqBody, h2: bool) -> Request<ReqBody> {
+    /// The request of one attempt. With `keep`, the headers are copied because another attempt
+    /// may follow; without it they are moved out (the last possible attempt), saving a
+    /// header-map copy per request that cannot be retried.
+    fn request(&mut self, body: ReqBody, h2: bool, keep: bool) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = if keep {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
         *req.version_mut() = if h2 {
             Version::HTTP_2
         } else {
@@ -736,11 +790,12 @@ type Forwarded = (Response<Incoming>, Option<PoolReturn>, Option<Permit>);
 /// be replayed.
 async fn forward(
     plan: &Plan,
-    template: Template,
+    mut template: Template,
     body: ReqBody,
     skipped: &mut bool,
     last_addr: &mut Option<SocketAddr>,
 ) -> Result<Forwarded, LocalReason> {
+    // The tokio clock (not `start`) so deadlines follow paused time in tests.
     let started = tokio::time::Instant::now();
     let mut deadline = plan.timeouts.per_request.map(|t| started + t);
     // A gRPC client's own deadline caps the route's.
@@ -757,7 +812,11 @@ async fn forward(
     let stats = &upstream.stats;
     let _request = upstream.budget.start_request();
     let permit = match &upstream.limiter {
-        Some(limiter) => Some(admit(upstream, limiter, deadline).await?),
+        Some(limiter) => match limiter.try_acquire() {
+            Ok(p) => Some(p),
+            // Waiting for a slot is rare and its future large: boxed.
+            Err(_) => Some(Box::pin(admit(upstream, limiter, deadline)).await?),
+        },
         None => None,
     };
     let replay = match &body {
@@ -778,11 +837,17 @@ async fn forward(
             (Some(Some(bytes)), None) => ReqBody::Full(Some(bytes.clone())),
             (None, None) => return Err(LocalReason::UpstreamReset),
         };
+        // The first attempt's per-try deadline counts from the request's clock read.
+        let clock = (attempt == 0).then_some(started);
         let outcome = one_attempt(
             plan,
-            &template,
-            attempt_body,
-            deadline,
+            &mut template,
+            AttemptInput {
+                body: attempt_body,
+                keep_headers: can_retry,
+                deadline,
+                clock,
+            },
             *last_addr,
             last_addr,
         )
@@ -844,7 +909,8 @@ async fn forward(
                 stats.rq_timeout.increment(1);
                 return Err(LocalReason::Timeout);
             }
-            _ => tokio::time::sleep(backoff).await,
+            // Only retries sleep: boxed so the timer is not part of every request's future.
+            _ => Box::pin(tokio::time::sleep(backoff)).await,
         }
     }
 }
@@ -858,16 +924,13 @@ fn retry_slot(upstream: &Upstream) -> Option<InFlightRetry> {
     slot
 }
 
-/// Passes the cluster's circuit breaker: a free slot at once, else a bounded wait (HTTP/1
+/// Passes the cluster's circuit breaker once no slot was free at once: a bounded wait (HTTP/1
 /// `maxPendingRequests`) within the request's deadline, else a fast overflow.
 async fn admit(
     upstream: &Upstream,
     limiter: &Limiter,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Permit, LocalReason> {
-    if let Ok(p) = limiter.try_acquire() {
-        return Ok(p);
-    }
     if upstream.protocol() == Protocol::Http {
         // Every connection allowed is in use.
         upstream.extra.cx_overflow.increment(1);
@@ -888,14 +951,29 @@ async fn admit(
     })
 }
 
+/// What one attempt sends and when.
+struct AttemptInput {
+    body: ReqBody,
+    /// Another attempt may follow: copy the template's headers instead of moving them.
+    keep_headers: bool,
+    deadline: Option<tokio::time::Instant>,
+    /// "Now" on the tokio clock when the caller has just read it.
+    clock: Option<tokio::time::Instant>,
+}
+
 async fn one_attempt(
     plan: &Plan,
-    template: &Template,
-    body: ReqBody,
-    deadline: Option<tokio::time::Instant>,
+    template: &mut Template,
+    input: AttemptInput,
     avoid: Option<SocketAddr>,
     used: &mut Option<SocketAddr>,
 ) -> Attempt {
+    let AttemptInput {
+        body,
+        keep_headers,
+        deadline,
+        clock,
+    } = input;
     let upstream = &plan.upstream;
     let (addr, guard) = match plan.fixed {
         Some(addr) => (addr, None),
@@ -912,26 +990,43 @@ async fn one_attempt(
     };
     *used = Some(addr);
     let pool = upstream.pools.get(addr);
-    let mut req = template.request(body, plan.h2);
+    let mut req = template.request(body, plan.h2, keep_headers);
+    let template = &*template;
     let span = template.trace.as_ref().map(|t| {
         let child = t.request.child();
         inject(&child, req.headers_mut(), t.request.formats);
-        (t, child, unix_nanos())
+        // Read before the request (and its headers) goes to the pool.
+        let host = if t.record {
+            span_host(template, req.headers())
+        } else {
+            None
+        };
+        (t, child, unix_nanos(), host)
     });
+    let now = clock.unwrap_or_else(tokio::time::Instant::now);
     let try_deadline = match (plan.retry.per_retry_timeout, deadline) {
-        (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
-        (Some(t), None) => Some(tokio::time::Instant::now() + t),
+        (Some(t), Some(d)) => Some(d.min(now + t)),
+        (Some(t), None) => Some(now + t),
         (None, d) => d,
     };
-    let started = Instant::now();
     upstream.stats.rq_total.increment(1);
+    // The upstream time (stats, balancer latency) starts here, not at the downstream request.
+    let started = Instant::now();
     let send = pool.send(plan.h2, req, upstream.connect_timeout());
     let result = match try_deadline {
         Some(d) => match timeout_at(d, send).await {
             Ok(r) => r,
             Err(_) => {
-                if let Some((t, child, start)) = span {
-                    client_span(template, plan.h2, t, child, start, addr, Err("timeout"));
+                if let Some((t, child, start, host)) = span {
+                    client_span(
+                        template,
+                        plan.h2,
+                        t,
+                        child,
+                        (start, host),
+                        addr,
+                        Err("timeout"),
+                    );
                 }
                 // Dropping the future cancels the upstream attempt.
                 return Attempt::Failed(LocalReason::Timeout, true);
@@ -942,15 +1037,16 @@ async fn one_attempt(
     match result {
         Ok((resp, pool_return)) => {
             let status = resp.status().as_u16();
-            if let Some((t, child, start)) = span {
-                client_span(template, plan.h2, t, child, start, addr, Ok(status));
+            if let Some((t, child, start, host)) = span {
+                client_span(template, plan.h2, t, child, (start, host), addr, Ok(status));
             }
-            upstream.stats.record_response(status, started);
+            let elapsed = started.elapsed();
+            upstream.stats.record_response_elapsed(status, elapsed);
             if let Some(g) = guard {
                 if status >= 500 {
                     upstream.record_outlier_error(g.endpoint());
                 }
-                g.finish(started.elapsed());
+                g.finish(elapsed);
             }
             Attempt::Response(resp, pool_return)
         }
@@ -965,17 +1061,25 @@ async fn one_attempt(
             } else {
                 LocalReason::UpstreamReset
             };
-            if let Some((t, child, start)) = span {
+            if let Some((t, child, start, host)) = span {
                 let kind = if reason == LocalReason::ConnectFailure {
                     "connect_failure"
                 } else {
                     "upstream_reset"
                 };
-                client_span(template, plan.h2, t, child, start, addr, Err(kind));
+                client_span(template, plan.h2, t, child, (start, host), addr, Err(kind));
             }
             Attempt::Failed(reason, retriable)
         }
     }
+}
+
+/// The `server.address` of a client span: the URI's host, else the `Host` header's.
+fn span_host(template: &Template, headers: &HeaderMap) -> Option<String> {
+    template.uri.host().map(str::to_string).or_else(|| {
+        let h = headers.get(header::HOST)?.to_str().ok()?;
+        Some(split_authority(h).0.to_string())
+    })
 }
 
 /// Records the client span of one attempt: `Ok(status)` or `Err(error.type)`.
@@ -984,17 +1088,13 @@ fn client_span(
     h2: bool,
     t: &AttemptTrace,
     child: TraceContext,
-    start: u64,
+    (start, host): (u64, Option<String>),
     addr: SocketAddr,
     outcome: Result<u16, &'static str>,
 ) {
     if !t.record {
         return;
     }
-    let host = template.uri.host().map(str::to_string).or_else(|| {
-        let h = template.headers.get(header::HOST)?.to_str().ok()?;
-        Some(split_authority(h).0.to_string())
-    });
     let mut attributes = vec![
         (
             "http.request.method",

@@ -1,11 +1,12 @@
 //! The run-time view of one snapshot: clusters with their pools, and the indexes that turn a
-//! request's authority or a connection's original port into a decision.
+//! request's authority or a connection's original destination into a decision.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use outrider_balance::Algorithm;
 use outrider_config::{
     ClusterId, ConnectionPool, EgressFilter, Protocol, Provider, RetryPolicy, RouteAction,
@@ -89,6 +90,20 @@ pub enum TcpDecision<'a> {
     Deny,
 }
 
+/// The addresses a TCP virtual service's name resolves to, as the app resolved it before
+/// connecting. Two TCP virtual services on the same port are told apart by which of them the
+/// connection's original destination address belongs to, as App Mesh's Envoy did. The app keeps
+/// the set current with a DNS watch of [`ServiceAddrs::name`]; it starts empty, and a reload
+/// keeps the set of a service whose name did not change.
+#[derive(Debug)]
+pub struct ServiceAddrs {
+    name: Box<str>,
+    port: u16,
+    /// Sorted, deduplicated, IPv4-mapped IPv6 addresses turned into IPv4. Swapped whole so
+    /// the connection path reads it without a lock.
+    ips: ArcSwap<Vec<IpAddr>>,
+}
+
 /// Everything a listener needs from one snapshot.
 pub struct Runtime {
     snapshot: Arc<Snapshot>,
@@ -96,7 +111,12 @@ pub struct Runtime {
     locals: Vec<Arc<Upstream>>,
     passthrough: Arc<Upstream>,
     hosts: HashMap<Box<str>, usize>,
-    tcp_ports: HashMap<u16, usize>,
+    /// Original port to the TCP virtual services on it (indexes of `snapshot.backends`), in
+    /// backend order.
+    tcp_ports: HashMap<u16, Vec<usize>>,
+    /// Parallel to `snapshot.backends`: the resolved addresses of a TCP virtual service that
+    /// shares a port with another one; None for every other service.
+    tcp_addrs: Vec<Option<Arc<ServiceAddrs>>>,
     /// True when there is no config at all: a transparent pass-through sidecar.
     transparent: bool,
     /// The node's access log, if it has one.
@@ -177,7 +197,13 @@ impl Runtime {
             ))
         });
         let mut hosts = HashMap::new();
-        let mut tcp_ports = HashMap::new();
+        let mut tcp_ports: HashMap<u16, Vec<usize>> = HashMap::new();
+        let mut add_tcp = |port: u16, i: usize| {
+            let services = tcp_ports.entry(port).or_default();
+            if !services.contains(&i) {
+                services.push(i);
+            }
+        };
         for (i, vs) in snapshot.backends.iter().enumerate() {
             hosts
                 .entry(vs.name.to_ascii_lowercase().into_boxed_str())
@@ -185,7 +211,7 @@ impl Runtime {
             match &vs.provider {
                 Provider::Router(r) => {
                     for l in r.listeners.iter().filter(|l| l.protocol == Protocol::Tcp) {
-                        tcp_ports.entry(l.port).or_insert(i);
+                        add_tcp(l.port, i);
                     }
                 }
                 Provider::Node { clusters, .. } => {
@@ -193,12 +219,13 @@ impl Runtime {
                         if let Some(c) = snapshot.clusters.get(id.0)
                             && c.protocol == Protocol::Tcp
                         {
-                            tcp_ports.entry(c.port).or_insert(i);
+                            add_tcp(c.port, i);
                         }
                     }
                 }
             }
         }
+        let tcp_addrs = shared_port_addrs(&snapshot, &tcp_ports, previous);
         // Keep the open log (and its writer thread) when a reload did not change it.
         let access_log = snapshot.access_log.as_ref().and_then(|cfg| {
             if let Some(prev) = previous.and_then(|p| p.access_log.as_ref())
@@ -221,6 +248,7 @@ impl Runtime {
             passthrough,
             hosts,
             tcp_ports,
+            tcp_addrs,
             transparent: false,
             access_log,
         }
@@ -414,44 +442,312 @@ impl Runtime {
         }
     }
 
-    /// Decides an egress TCP connection by its original destination.
+    /// Decides an egress TCP connection by its original destination: the TCP virtual service
+    /// on its port, or, when several share the port, the one whose name resolves to its
+    /// address (see [`ServiceAddrs`]). A port no TCP service uses, or a shared port where no
+    /// service's addresses hold the destination, follows the egress filter: ALLOW_ALL passes
+    /// through to `orig`, DROP_ALL denies. No destination at all is denied.
     pub fn route_tcp(&self, orig: Option<SocketAddr>) -> TcpDecision<'_> {
         let Some(orig) = orig else {
             return TcpDecision::Deny;
         };
-        if let Some(&vs_index) = self.tcp_ports.get(&orig.port()) {
-            let vs = &self.snapshot.backends[vs_index];
-            let id = match &vs.provider {
-                Provider::Router(router) => router
-                    .listeners
-                    .iter()
-                    .find(|l| l.protocol == Protocol::Tcp && l.port == orig.port())
-                    .and_then(|l| l.routes.select_tcp(orig.port()))
-                    .and_then(|r| r.action.targets.pick().copied()),
-                Provider::Node { clusters, .. } => clusters.iter().copied().find(|id| {
-                    self.snapshot
-                        .clusters
-                        .get(id.0)
-                        .is_some_and(|c| c.port == orig.port())
-                }),
-            };
-            return match id.and_then(|id| self.cluster(id)) {
-                Some(upstream) => TcpDecision::Cluster {
-                    upstream,
-                    idle: Timeouts::default().idle,
-                },
-                None => TcpDecision::Deny,
-            };
+        let chosen = match self.tcp_ports.get(&orig.port()).map(Vec::as_slice) {
+            None => None,
+            Some(&[only]) => Some(only),
+            Some(several) => {
+                let ip = orig.ip().to_canonical();
+                several.iter().copied().find(|&i| {
+                    self.tcp_addrs
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|addrs| addrs.contains(ip))
+                })
+            }
+        };
+        match chosen {
+            Some(vs_index) => self.tcp_service(vs_index, orig.port()),
+            None => match self.snapshot.egress_filter {
+                EgressFilter::AllowAll => TcpDecision::Passthrough(orig),
+                EgressFilter::DropAll => TcpDecision::Deny,
+            },
         }
-        match self.snapshot.egress_filter {
-            EgressFilter::AllowAll => TcpDecision::Passthrough(orig),
-            EgressFilter::DropAll => TcpDecision::Deny,
+    }
+
+    /// The cluster of the TCP virtual service at `vs_index` for a connection to `port`.
+    fn tcp_service(&self, vs_index: usize, port: u16) -> TcpDecision<'_> {
+        let Some(vs) = self.snapshot.backends.get(vs_index) else {
+            return TcpDecision::Deny;
+        };
+        let id = match &vs.provider {
+            Provider::Router(router) => router
+                .listeners
+                .iter()
+                .find(|l| l.protocol == Protocol::Tcp && l.port == port)
+                .and_then(|l| l.routes.select_tcp(port))
+                .and_then(|r| r.action.targets.pick().copied()),
+            Provider::Node { clusters, .. } => clusters.iter().copied().find(|id| {
+                self.snapshot
+                    .clusters
+                    .get(id.0)
+                    .is_some_and(|c| c.port == port)
+            }),
+        };
+        match id.and_then(|id| self.cluster(id)) {
+            Some(upstream) => TcpDecision::Cluster {
+                upstream,
+                idle: Timeouts::default().idle,
+            },
+            None => TcpDecision::Deny,
         }
+    }
+
+    /// The address sets of the TCP virtual services that share a port with another one, each
+    /// once: the names the app must keep resolved for [`Runtime::route_tcp`] to tell them
+    /// apart. Empty when no two TCP services share a port.
+    pub fn tcp_service_addrs(&self) -> impl Iterator<Item = &Arc<ServiceAddrs>> {
+        self.tcp_addrs.iter().flatten()
     }
 
     /// True when an egress connection to this original port should be treated as TCP without
     /// looking at its bytes (a TCP virtual service's port).
     pub fn is_tcp_port(&self, port: u16) -> bool {
         self.tcp_ports.contains_key(&port)
+    }
+}
+
+impl ServiceAddrs {
+    /// An empty address set for the virtual service `name`, which listens on `port`.
+    pub fn new(name: &str, port: u16) -> Self {
+        ServiceAddrs {
+            name: name.into(),
+            port,
+            ips: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// The virtual service name to resolve.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A port the service listens on (one of those it shares); the addresses do not depend on
+    /// it, but a DNS watch publishes endpoints with a port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Replaces the addresses (the name's latest DNS answer). Cheap to call with an unchanged
+    /// set: nothing is swapped then.
+    pub fn set(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        let mut next: Vec<IpAddr> = ips.into_iter().map(|ip| ip.to_canonical()).collect();
+        next.sort_unstable();
+        next.dedup();
+        if **self.ips.load() != next {
+            self.ips.store(Arc::new(next));
+        }
+    }
+
+    /// True when `ip` is one of the addresses (an IPv4-mapped IPv6 address matches its IPv4
+    /// form). Lock-free.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.ips.load().binary_search(&ip.to_canonical()).is_ok()
+    }
+
+    /// The current addresses, sorted.
+    pub fn current(&self) -> Arc<Vec<IpAddr>> {
+        self.ips.load_full()
+    }
+}
+
+/// The address sets of the TCP services on a port with more than one, parallel to
+/// `snapshot.backends`. A service of `previous` with the same name keeps its set (and its DNS
+/// watch in the app), so a reload does not forget the addresses.
+fn shared_port_addrs(
+    snapshot: &Snapshot,
+    tcp_ports: &HashMap<u16, Vec<usize>>,
+    previous: Option<&Runtime>,
+) -> Vec<Option<Arc<ServiceAddrs>>> {
+    let mut addrs: Vec<Option<Arc<ServiceAddrs>>> = vec![None; snapshot.backends.len()];
+    for (&port, services) in tcp_ports.iter().filter(|(_, s)| s.len() > 1) {
+        for &i in services {
+            let (Some(slot), Some(vs)) = (addrs.get_mut(i), snapshot.backends.get(i)) else {
+                continue;
+            };
+            if slot.is_some() {
+                continue;
+            }
+            let kept = previous.and_then(|p| p.tcp_service_addrs().find(|a| a.name() == &*vs.name));
+            *slot = Some(
+                kept.cloned()
+                    .unwrap_or_else(|| Arc::new(ServiceAddrs::new(&vs.name, port))),
+            );
+        }
+    }
+    addrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_config::{Selector, build_from_str};
+
+    /// Two TCP services on port 9000 (a node provider and a router), one alone on 5432.
+    fn spec(egress_filter: &str) -> String {
+        format!(
+            "\
+meshName: m
+spec: {{egressFilter: {{type: {egress_filter}}}}}
+---
+meshName: m
+virtualNodeName: client
+spec:
+  backends:
+    - {{virtualService: {{virtualServiceName: a.local}}}}
+    - {{virtualService: {{virtualServiceName: b.local}}}}
+    - {{virtualService: {{virtualServiceName: cache.local}}}}
+  listeners: [{{portMapping: {{port: 8080, protocol: http}}}}]
+  serviceDiscovery: {{dns: {{hostname: 127.0.0.1}}}}
+---
+meshName: m
+virtualNodeName: db-a
+spec:
+  listeners: [{{portMapping: {{port: 9000, protocol: tcp}}}}]
+  serviceDiscovery: {{dns: {{hostname: db-a.internal}}}}
+---
+meshName: m
+virtualNodeName: db-b
+spec:
+  listeners: [{{portMapping: {{port: 7000, protocol: tcp}}}}]
+  serviceDiscovery: {{dns: {{hostname: db-b.internal}}}}
+---
+meshName: m
+virtualNodeName: cache
+spec:
+  listeners: [{{portMapping: {{port: 5432, protocol: tcp}}}}]
+  serviceDiscovery: {{dns: {{hostname: cache.internal}}}}
+---
+meshName: m
+virtualServiceName: a.local
+spec: {{provider: {{virtualNode: {{virtualNodeName: db-a}}}}}}
+---
+meshName: m
+virtualRouterName: b-router
+spec:
+  listeners: [{{portMapping: {{port: 9000, protocol: tcp}}}}]
+---
+meshName: m
+virtualRouterName: b-router
+routeName: to-b
+spec:
+  tcpRoute:
+    action: {{weightedTargets: [{{virtualNode: db-b, weight: 1}}]}}
+---
+meshName: m
+virtualServiceName: b.local
+spec: {{provider: {{virtualRouter: {{virtualRouterName: b-router}}}}}}
+---
+meshName: m
+virtualServiceName: cache.local
+spec: {{provider: {{virtualNode: {{virtualNodeName: cache}}}}}}
+"
+        )
+    }
+
+    fn runtime(egress_filter: &str, previous: Option<&Runtime>) -> Runtime {
+        let sel = Selector {
+            mesh: None,
+            node: Some("client".into()),
+            gateway: None,
+        };
+        let snap = match build_from_str("t.yaml", &spec(egress_filter), &sel) {
+            Ok(b) => b.snapshot,
+            Err(p) => panic!("{p:?}"),
+        };
+        Runtime::new(Arc::new(snap), previous, RuntimeOptions::default())
+    }
+
+    fn addrs<'a>(rt: &'a Runtime, name: &str) -> &'a Arc<ServiceAddrs> {
+        rt.tcp_service_addrs()
+            .find(|a| a.name() == name)
+            .unwrap_or_else(|| panic!("no address set for {name}"))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The node name in the chosen cluster's name, "passthrough:<addr>" or "deny".
+    fn decide(rt: &Runtime, orig: &str) -> String {
+        match rt.route_tcp(Some(orig.parse().unwrap())) {
+            TcpDecision::Cluster { upstream, .. } => upstream.name().to_string(),
+            TcpDecision::Passthrough(addr) => format!("passthrough:{addr}"),
+            TcpDecision::Deny => "deny".to_string(),
+        }
+    }
+
+    #[test]
+    fn only_services_sharing_a_port_are_watched() {
+        let rt = runtime("DROP_ALL", None);
+        let mut names: Vec<_> = rt
+            .tcp_service_addrs()
+            .map(|a| (a.name().to_string(), a.port()))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [("a.local".to_string(), 9000), ("b.local".to_string(), 9000)]
+        );
+        assert!(rt.is_tcp_port(9000) && rt.is_tcp_port(5432));
+    }
+
+    #[test]
+    fn shared_port_is_split_by_destination_address() {
+        let rt = runtime("DROP_ALL", None);
+        addrs(&rt, "a.local").set([ip("10.0.0.1"), ip("10.0.0.2")]);
+        addrs(&rt, "b.local").set([ip("10.0.1.1"), ip("fd00::1")]);
+        assert_eq!(decide(&rt, "10.0.0.2:9000"), "cds_egress_m_db-a_tcp_9000");
+        assert_eq!(decide(&rt, "10.0.1.1:9000"), "cds_egress_m_db-b_tcp_7000");
+        assert_eq!(decide(&rt, "[fd00::1]:9000"), "cds_egress_m_db-b_tcp_7000");
+        // An IPv4 connection seen through a dual-stack socket still matches.
+        assert_eq!(
+            decide(&rt, "[::ffff:10.0.0.1]:9000"),
+            "cds_egress_m_db-a_tcp_9000"
+        );
+        // Neither service's address: the egress filter decides.
+        assert_eq!(decide(&rt, "10.9.9.9:9000"), "deny");
+        // A port with one TCP service needs no address.
+        assert_eq!(decide(&rt, "10.9.9.9:5432"), "cds_egress_m_cache_tcp_5432");
+        assert_eq!(decide(&rt, "10.0.0.1:5433"), "deny");
+        assert!(matches!(rt.route_tcp(None), TcpDecision::Deny));
+    }
+
+    #[test]
+    fn unmatched_address_passes_through_with_allow_all() {
+        let rt = runtime("ALLOW_ALL", None);
+        assert_eq!(decide(&rt, "10.0.0.1:9000"), "passthrough:10.0.0.1:9000");
+        addrs(&rt, "a.local").set([ip("10.0.0.1")]);
+        assert_eq!(decide(&rt, "10.0.0.1:9000"), "cds_egress_m_db-a_tcp_9000");
+        // A new DNS answer moves the service.
+        addrs(&rt, "a.local").set([ip("10.0.0.3")]);
+        assert_eq!(decide(&rt, "10.0.0.1:9000"), "passthrough:10.0.0.1:9000");
+        assert_eq!(decide(&rt, "10.0.0.3:9000"), "cds_egress_m_db-a_tcp_9000");
+    }
+
+    #[test]
+    fn reload_keeps_the_address_sets() {
+        let old = runtime("DROP_ALL", None);
+        addrs(&old, "b.local").set([ip("10.0.1.1")]);
+        let new = runtime("ALLOW_ALL", Some(&old));
+        assert!(Arc::ptr_eq(addrs(&old, "b.local"), addrs(&new, "b.local")));
+        assert_eq!(decide(&new, "10.0.1.1:9000"), "cds_egress_m_db-b_tcp_7000");
+    }
+
+    #[test]
+    fn address_sets_are_sorted_and_deduplicated() {
+        let a = ServiceAddrs::new("x", 1);
+        a.set([ip("10.0.0.2"), ip("::ffff:10.0.0.1"), ip("10.0.0.2")]);
+        assert_eq!(*a.current(), [ip("10.0.0.1"), ip("10.0.0.2")]);
+        assert!(a.contains(ip("10.0.0.1")));
+        assert!(!a.contains(ip("10.0.0.3")));
     }
 }

@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Time a client has to send an HTTP/1.1 request head, e.g. 60s or 500ms.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// Share of new traces sampled, 0.0 to 1.0; overrides OTEL_TRACES_SAMPLER_ARG and
+    /// XRAY_SAMPLING_RATE. Tracing itself is turned on by those variables' exporters.
+    #[arg(long, value_parser = parse_rate)]
+    pub trace_sampling_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,6 +115,51 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("not a duration: {s:?}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a sampling rate between 0 and 1.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("not a rate between 0 and 1: {s:?}"))
+}
+
+/// Tracing options from the environment with the mesh and node known, so X-Ray segments are
+/// named `<mesh>/<node>`; `rate` overrides the sampler's. None leaves the variables to the
+/// proxy (which reports a bad one and runs without tracing).
+fn tracing_options(
+    snapshot: Option<&outrider_config::Snapshot>,
+    rate: Option<f64>,
+) -> Option<outrider_telemetry::TracingOptions> {
+    let from_env = match snapshot {
+        Some(s) => {
+            let node = match &s.identity {
+                outrider_config::Identity::VirtualNode(n)
+                | outrider_config::Identity::VirtualGateway(n) => n.to_string(),
+            };
+            outrider_telemetry::TracingOptions::from_env_in(s.mesh.as_ref(), &node)
+        }
+        // The transparent sidecar knows no node; APPMESH_RESOURCE_ARN may still name the mesh.
+        None => outrider_telemetry::TracingOptions::from_env(""),
+    };
+    let mut opts = match from_env {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            if rate.is_some() {
+                tracing::warn!(
+                    "--trace-sampling-rate has no effect: no OTLP endpoint and no ENABLE_ENVOY_XRAY_TRACING"
+                );
+            }
+            return None;
+        }
+        Err(_) => return None,
+    };
+    if let Some(r) = rate {
+        opts.sampler.rate = r;
+    }
+    Some(opts)
 }
 
 fn admin_addr(flag: Option<SocketAddr>) -> Result<SocketAddr, String> {
@@ -177,7 +226,9 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
         }
     };
+    let tracing_opts = tracing_options(snapshot.as_ref(), args.trace_sampling_rate);
     let mut opts = ProxyOptions::local(snapshot);
+    opts.tracing = tracing_opts;
     opts.ingress_addr = args.ingress_addr;
     opts.egress_addr = args.egress_addr;
     opts.admin_addr = Some(admin);

@@ -27,6 +27,7 @@ use hyper::Response;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use outrider_test_support::dns::DnsServer;
 use outrider_test_support::netns::{Netns, is_root, veth_pair};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -765,4 +766,168 @@ fn verify_reports_whether_rules_are_in_place() {
     t.iptables_ok("clean", &rules);
     let (code, stderr) = t.iptables("verify", &rules);
     assert_eq!(code, 1, "verify after clean: {stderr}");
+}
+
+/// Port of the second remote TCP echo server (the shared-port test's `b` service).
+const SECOND_ECHO_PORT: u16 = 7001;
+/// DNS re-resolution period of the shared-port test's proxy, so an answer change lands fast.
+const FAST_DNS_REFRESH: &str = "100ms";
+/// Polls for a DNS change to reach the proxy (each at most one short exchange plus a pause).
+const DNS_CHANGE_POLLS: usize = 50;
+
+/// The test DNS server on a loopback port of a namespace, served by its own runtime so the
+/// test thread can change its answers; stops on drop, before the namespace goes.
+struct NsDns {
+    server: Option<DnsServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl NsDns {
+    fn start(ns: &Netns) -> NsDns {
+        let (runtime, server) = ns
+            .run(|| {
+                // Sockets belong to the namespace they were opened in, whichever thread serves
+                // them later; the worker thread keeps answering after `run` returns.
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let server = rt.block_on(DnsServer::start()).unwrap();
+                (rt, server)
+            })
+            .unwrap();
+        NsDns {
+            server: Some(server),
+            runtime: Some(runtime),
+        }
+    }
+
+    fn server(&self) -> &DnsServer {
+        self.server.as_ref().unwrap()
+    }
+}
+
+impl Drop for NsDns {
+    fn drop(&mut self) {
+        // The server's tasks are aborted on the runtime that runs them.
+        drop(self.server.take());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Two TCP virtual services on the same port 9000, `a.local` (to the echo on port 7000) and
+/// `b.local` (to the echo on port 7001), each behind a router, with a DROP_ALL mesh.
+fn shared_port_spec(app_ip: IpAddr, remote_ip: IpAddr) -> String {
+    let mut spec = format!(
+        r"meshName: m
+spec: {{egressFilter: {{type: DROP_ALL}}}}
+---
+meshName: m
+virtualNodeName: app
+spec:
+  backends:
+    - {{virtualService: {{virtualServiceName: a.local}}}}
+    - {{virtualService: {{virtualServiceName: b.local}}}}
+  listeners: [{{portMapping: {{port: {APP_PORT}, protocol: http}}}}]
+  serviceDiscovery: {{dns: {{hostname: {app_ip}}}}}
+"
+    );
+    for (svc, echo_port) in [("a", ECHO_PORT), ("b", SECOND_ECHO_PORT)] {
+        spec.push_str(&format!(
+            r"---
+meshName: m
+virtualNodeName: echo-{svc}
+spec:
+  listeners: [{{portMapping: {{port: {echo_port}, protocol: tcp}}}}]
+  serviceDiscovery: {{dns: {{hostname: {remote_ip}}}}}
+---
+meshName: m
+virtualRouterName: router-{svc}
+spec:
+  listeners: [{{portMapping: {{port: {TCP_SERVICE_PORT}, protocol: tcp}}}}]
+---
+meshName: m
+virtualRouterName: router-{svc}
+routeName: to-{svc}
+spec:
+  tcpRoute:
+    action: {{weightedTargets: [{{virtualNode: echo-{svc}, weight: 1}}]}}
+---
+meshName: m
+virtualServiceName: {svc}.local
+spec: {{provider: {{virtualRouter: {{virtualRouterName: router-{svc}}}}}}}
+"
+        ));
+    }
+    spec
+}
+
+#[test]
+fn tcp_services_sharing_a_port_are_told_apart_by_address() {
+    if !can_run() {
+        return;
+    }
+    let t = Topology::new(5, false).unwrap();
+    let second = Servers::start(
+        &t.remote,
+        "second",
+        Vec::new(),
+        vec![SocketAddr::new(t.remote_ip, SECOND_ECHO_PORT)],
+    )
+    .unwrap();
+    t.iptables_ok(
+        "apply",
+        &["--app-ports", "8080", "--ignored-uid", PROXY_UID],
+    );
+    // Nothing listens on these on-link addresses: only the proxy can reach an echo through them.
+    let ip_a: IpAddr = "10.231.5.98".parse().unwrap();
+    let ip_b: IpAddr = "10.231.5.99".parse().unwrap();
+    let unnamed = SocketAddr::new("10.231.5.97".parse().unwrap(), TCP_SERVICE_PORT);
+    let dns = NsDns::start(&t.app);
+    dns.server().set("a.local", &[ip_a]);
+    dns.server().set("b.local", &[ip_b]);
+    let resolver = dns.server().addr().to_string();
+
+    let config = t.write_config(&shared_port_spec(t.app_ip, t.remote_ip));
+    let proxy = t.proxy(&[
+        "--config",
+        &config,
+        "--node",
+        "app",
+        "--dns-resolver",
+        &resolver,
+        "--dns-refresh",
+        FAST_DNS_REFRESH,
+    ]);
+    let to_a = SocketAddr::new(ip_a, TCP_SERVICE_PORT);
+    let to_b = SocketAddr::new(ip_b, TCP_SERVICE_PORT);
+    let exchange = |addr| {
+        tcp_exchange(&t.app, addr)
+            .unwrap_or_else(|e| panic!("{addr}: {e}; proxy log: {}", proxy.log_text()))
+    };
+    assert_eq!(exchange(to_a), "remote");
+    assert_eq!(exchange(to_b), "second");
+    assert_eq!(exchange(to_a), "remote");
+    assert_eq!(t.remote_servers.echo_connections(), 2);
+    assert_eq!(second.echo_connections(), 1);
+    // An address neither name resolves to, on the shared port: DROP_ALL refuses it.
+    assert!(tcp_exchange(&t.app, unnamed).is_err());
+
+    // The names swap addresses; the proxy follows the new answers.
+    dns.server().set("a.local", &[ip_b]);
+    dns.server().set("b.local", &[ip_a]);
+    let moved = (0..DNS_CHANGE_POLLS).any(|_| {
+        if tcp_exchange(&t.app, to_a).is_ok_and(|g| g == "second") {
+            return true;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+        false
+    });
+    assert!(moved, "a.local's new address never reached the proxy");
+    assert_eq!(exchange(to_b), "remote");
+    // Each exchange above that reached an echo went through the egress listener.
+    assert!(metric(&t.app, EGRESS_TCP_CX) >= 5);
 }

@@ -111,6 +111,7 @@ impl Receiver {
                 rate: 1.0,
             },
             xray: false,
+            xray_daemon: None,
         }
     }
 
@@ -406,4 +407,74 @@ async fn grpc_export_links_both_proxies() {
     chain.finish().await;
     chained(&recv.spans());
     assert_eq!(recv.posts.lock().unwrap()[0].0, "application/grpc");
+}
+
+#[tokio::test]
+async fn xray_daemon_receives_linked_segments() {
+    use outrider_telemetry::tracing_export::XrayDaemonOptions;
+    use outrider_telemetry::tracing_export::xray::XRAY_DATAGRAM_HEADER;
+
+    let daemon = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tracing = TracingOptions {
+        service_name: "test".into(),
+        otlp: None,
+        sampler: Sampler {
+            parent_based: true,
+            rate: 1.0,
+        },
+        xray: true,
+        xray_daemon: Some(XrayDaemonOptions {
+            address: daemon.local_addr().unwrap().to_string(),
+            segment_name: "shop/b".into(),
+            queue_capacity: 16,
+        }),
+    };
+    let chain = Chain::start(tracing).await;
+    let seen = chain.get(&[]).await;
+    chain.finish().await;
+    let mut buf = vec![0u8; 65536];
+    let mut segments = Vec::new();
+    for _ in 0..2 {
+        let n = tokio::time::timeout(Duration::from_secs(2), daemon.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        let doc = text.strip_prefix(XRAY_DATAGRAM_HEADER).unwrap();
+        segments.push(serde_json::from_str::<serde_json::Value>(doc).unwrap());
+    }
+    let client = segments
+        .iter()
+        .find(|s| s["namespace"] == "remote")
+        .unwrap();
+    let server = segments
+        .iter()
+        .find(|s| s.get("namespace").is_none())
+        .unwrap();
+    assert_eq!(client["trace_id"], server["trace_id"]);
+    assert_eq!(server["parent_id"], client["id"]);
+    assert!(
+        client.get("parent_id").is_none(),
+        "the proxy started the trace"
+    );
+    assert_eq!(server["name"], "shop/b");
+    assert_eq!(server["http"]["request"]["method"], "GET");
+    assert_eq!(server["http"]["response"]["status"], 200);
+    assert_eq!(
+        (server["error"].as_bool(), server["fault"].as_bool()),
+        (Some(false), Some(false))
+    );
+    let trace_id = server["trace_id"].as_str().unwrap();
+    assert!(
+        trace_id.starts_with("1-") && trace_id.len() == 35,
+        "{trace_id}"
+    );
+    assert!(server["end_time"].as_f64().unwrap() >= server["start_time"].as_f64().unwrap());
+    // The app sees B's segment as its parent.
+    let xray = header(&seen, "x-amzn-trace-id");
+    let id = server["id"].as_str().unwrap();
+    assert!(
+        xray.contains(&format!("Root={trace_id};Parent={id}")),
+        "{xray}"
+    );
 }

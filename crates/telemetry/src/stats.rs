@@ -398,10 +398,16 @@ impl ClusterStats {
 
     /// Counts one finished upstream request with its status and time since `start`.
     pub fn record_response(&self, status: u16, start: Instant) {
+        self.record_response_elapsed(status, start.elapsed());
+    }
+
+    /// Counts one finished upstream request with its status and its already measured time,
+    /// for callers that need the elapsed time elsewhere too (one clock read instead of two).
+    pub fn record_response_elapsed(&self, status: u16, elapsed: Duration) {
         if let Some(class) = response_class(status) {
             self.rq_xx[class].increment(1);
         }
-        self.rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
+        self.rq_time.record(elapsed.as_secs_f64() * 1000.0);
     }
 }
 

@@ -1,5 +1,8 @@
-//! Distributed tracing: sampling decisions, finished spans, and a background OTLP exporter
-//! (HTTP/JSON, HTTP/protobuf, gRPC) fed through a bounded queue that never blocks a request.
+//! Distributed tracing: sampling decisions, finished spans, and background exporters (OTLP over
+//! HTTP/JSON, HTTP/protobuf or gRPC; X-Ray daemon over UDP) fed through bounded queues that never
+//! block a request.
+
+pub mod xray;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::trace_context::{
     B3, TRACEPARENT, TraceContext, TraceFormats, X_AMZN_TRACE_ID, X_B3_TRACE_ID, extract,
 };
+pub use xray::XrayDaemonOptions;
 
 /// Counter of spans lost because the export queue was full or the collector failed.
 pub const SPANS_DROPPED_TOTAL: &str = "outrider_tracing_spans_dropped_total";
@@ -133,6 +137,9 @@ pub struct TracingOptions {
     pub sampler: Sampler,
     /// Also write `X-Amzn-Trace-Id` on every outgoing request. Default is false.
     pub xray: bool,
+    /// Send spans as segments to the X-Ray daemon. Default is on (127.0.0.1:2000) with
+    /// `ENABLE_ENVOY_XRAY_TRACING=1`, else off.
+    pub xray_daemon: Option<XrayDaemonOptions>,
 }
 
 impl TracingOptions {
@@ -141,10 +148,31 @@ impl TracingOptions {
         Self::from_lookup(node, |k| std::env::var(k).ok())
     }
 
+    /// Reads the process environment for a known mesh and node; see
+    /// [`TracingOptions::from_lookup_in`].
+    pub fn from_env_in(mesh: &str, node: &str) -> Result<Option<TracingOptions>, TracingError> {
+        Self::from_lookup_in(mesh, node, |k| std::env::var(k).ok())
+    }
+
+    /// As [`TracingOptions::from_lookup_in`], with the mesh taken from `APPMESH_RESOURCE_ARN`
+    /// (`...:mesh/<mesh>/virtualNode/<node>`) when it is set.
+    pub fn from_lookup(
+        node: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<TracingOptions>, TracingError> {
+        let mesh = var("APPMESH_RESOURCE_ARN")
+            .and_then(|arn| mesh_from_arn(&arn).map(str::to_string))
+            .unwrap_or_default();
+        Self::from_lookup_in(&mesh, node, var)
+    }
+
     /// Builds options from variables: on when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `ENABLE_ENVOY_XRAY_TRACING=1` is set, else `Ok(None)`.
-    /// `OTEL_TRACES_SAMPLER_ARG` wins over `XRAY_SAMPLING_RATE` for the root rate.
-    pub fn from_lookup(
+    /// `OTEL_TRACES_SAMPLER_ARG` wins over `XRAY_SAMPLING_RATE` for the root rate. With X-Ray,
+    /// segments named `XRAY_SEGMENT_NAME` (default `<mesh>/<node>`) go to
+    /// `AWS_XRAY_DAEMON_ADDRESS`, else `127.0.0.1:XRAY_DAEMON_PORT` (default 2000).
+    pub fn from_lookup_in(
+        mesh: &str,
         node: &str,
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<TracingOptions>, TracingError> {
@@ -241,13 +269,50 @@ impl TracingOptions {
         let service_name = get("OTEL_SERVICE_NAME")
             .or_else(|| (!node.is_empty()).then(|| node.to_string()))
             .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+        let xray_daemon = if xray {
+            let port = match get("XRAY_DAEMON_PORT") {
+                None => None,
+                Some(v) => Some(v.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or(
+                    TracingError::Invalid {
+                        var: "XRAY_DAEMON_PORT",
+                        value: v,
+                        what: "port",
+                    },
+                )?),
+            };
+            let aws = get("AWS_XRAY_DAEMON_ADDRESS");
+            let address = xray::daemon_address(aws.as_deref(), port).ok_or_else(|| {
+                TracingError::Invalid {
+                    var: "AWS_XRAY_DAEMON_ADDRESS",
+                    value: aws.clone().unwrap_or_default(),
+                    what: "host:port",
+                }
+            })?;
+            Some(XrayDaemonOptions {
+                address,
+                segment_name: get("XRAY_SEGMENT_NAME")
+                    .map(|n| n.trim().to_string())
+                    .unwrap_or_else(|| xray::default_segment_name(mesh, node)),
+                queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            })
+        } else {
+            None
+        };
         Ok(Some(TracingOptions {
             service_name,
             otlp,
             sampler,
             xray,
+            xray_daemon,
         }))
     }
+}
+
+/// The mesh of an App Mesh resource ARN (`arn:aws:appmesh:<region>:<account>:mesh/<mesh>/...`).
+fn mesh_from_arn(arn: &str) -> Option<&str> {
+    let (_, rest) = arn.trim().split_once(":mesh/")?;
+    let mesh = rest.split('/').next()?;
+    (!mesh.is_empty()).then_some(mesh)
 }
 
 fn parse_rate(s: &str) -> Option<f64> {
@@ -314,11 +379,14 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// The per-process tracer: sampling, header formats, and the export queue.
+/// The per-process tracer: sampling, header formats, and the export queues.
 pub struct Tracer {
     sampler: Sampler,
     xray: bool,
+    /// OTLP exporter.
     queue: Option<mpsc::Sender<Msg>>,
+    /// X-Ray daemon exporter.
+    xray_queue: Option<mpsc::Sender<Msg>>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -326,7 +394,8 @@ impl std::fmt::Debug for Tracer {
         f.debug_struct("Tracer")
             .field("sampler", &self.sampler)
             .field("xray", &self.xray)
-            .field("exporting", &self.queue.is_some())
+            .field("otlp", &self.queue.is_some())
+            .field("xray_daemon", &self.xray_queue.is_some())
             .finish()
     }
 }
@@ -362,8 +431,8 @@ impl RequestTrace {
 }
 
 impl Tracer {
-    /// Starts the tracer; with OTLP configured, spawns the exporter task on the current Tokio
-    /// runtime (so call it from inside one).
+    /// Starts the tracer; with OTLP or an X-Ray daemon configured, spawns their exporter tasks
+    /// on the current Tokio runtime (so call it from inside one).
     pub fn start(opts: &TracingOptions) -> Arc<Tracer> {
         let queue = opts.otlp.as_ref().map(|otlp| {
             let (tx, rx) = mpsc::channel(otlp.queue_capacity.max(1));
@@ -371,10 +440,16 @@ impl Tracer {
             tokio::spawn(exporter.run(rx));
             tx
         });
+        let xray_queue = opts.xray_daemon.as_ref().map(|daemon| {
+            let (tx, rx) = mpsc::channel(daemon.queue_capacity.max(1));
+            tokio::spawn(xray::run(daemon.clone(), rx));
+            tx
+        });
         Arc::new(Tracer {
             sampler: opts.sampler,
             xray: opts.xray,
             queue,
+            xray_queue,
         })
     }
 
@@ -410,29 +485,41 @@ impl Tracer {
 
     /// True when spans are exported (so building them is worth it).
     pub fn exporting(&self) -> bool {
-        self.queue.is_some()
+        self.queue.is_some() || self.xray_queue.is_some()
     }
 
-    /// Queues a finished span; never waits. A full queue drops it and counts
-    /// [`SPANS_DROPPED_TOTAL`].
+    /// Queues a finished span for every exporter; never waits. A full queue drops it and
+    /// counts [`SPANS_DROPPED_TOTAL`].
     pub fn record(&self, span: FinishedSpan) {
-        let Some(queue) = &self.queue else { return };
-        if queue.try_send(Msg::Span(Box::new(span))).is_err() {
-            metrics::counter!(SPANS_DROPPED_TOTAL).increment(1);
+        match (&self.queue, &self.xray_queue) {
+            (Some(otlp), Some(xray)) => {
+                enqueue(xray, span.clone());
+                enqueue(otlp, span);
+            }
+            (Some(q), None) | (None, Some(q)) => enqueue(q, span),
+            (None, None) => {}
         }
     }
 
-    /// Exports every span queued so far; returns when the collector answered or `timeout`
-    /// passed.
+    /// Exports every span queued so far; returns when the collector and the X-Ray daemon
+    /// exporter are done, or `timeout` passed.
     pub async fn flush(&self, timeout: Duration) {
-        let Some(queue) = &self.queue else { return };
-        let (tx, rx) = oneshot::channel();
+        let queues = [&self.queue, &self.xray_queue];
         let _ = tokio::time::timeout(timeout, async {
-            if queue.send(Msg::Flush(tx)).await.is_ok() {
-                let _ = rx.await;
+            for queue in queues.into_iter().flatten() {
+                let (tx, rx) = oneshot::channel();
+                if queue.send(Msg::Flush(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
             }
         })
         .await;
+    }
+}
+
+fn enqueue(queue: &mpsc::Sender<Msg>, span: FinishedSpan) {
+    if queue.try_send(Msg::Span(Box::new(span))).is_err() {
+        metrics::counter!(SPANS_DROPPED_TOTAL).increment(1);
     }
 }
 
@@ -881,6 +968,71 @@ mod tests {
     }
 
     #[test]
+    fn xray_daemon_from_variables() {
+        let vars = [
+            ("ENABLE_ENVOY_XRAY_TRACING", "1"),
+            (
+                "APPMESH_RESOURCE_ARN",
+                "arn:aws:appmesh:us-west-2:111:mesh/shop/virtualNode/cart",
+            ),
+        ];
+        let d = TracingOptions::from_lookup("cart", env(&vars))
+            .unwrap()
+            .unwrap()
+            .xray_daemon
+            .unwrap();
+        assert_eq!(d.address, "127.0.0.1:2000");
+        assert_eq!(d.segment_name, "shop/cart");
+        let vars = [
+            ("ENABLE_ENVOY_XRAY_TRACING", "1"),
+            ("XRAY_DAEMON_PORT", "2100"),
+            ("XRAY_SEGMENT_NAME", "custom"),
+        ];
+        let d = TracingOptions::from_lookup_in("m", "n", env(&vars))
+            .unwrap()
+            .unwrap()
+            .xray_daemon
+            .unwrap();
+        assert_eq!(
+            (d.address.as_str(), d.segment_name.as_str()),
+            ("127.0.0.1:2100", "custom")
+        );
+        let vars = [
+            ("ENABLE_ENVOY_XRAY_TRACING", "1"),
+            ("XRAY_DAEMON_PORT", "2100"),
+            ("AWS_XRAY_DAEMON_ADDRESS", "daemon.local:2200"),
+        ];
+        let o = TracingOptions::from_lookup_in("m", "n", env(&vars))
+            .unwrap()
+            .unwrap();
+        let d = o.xray_daemon.unwrap();
+        assert_eq!(
+            (d.address.as_str(), d.segment_name.as_str()),
+            ("daemon.local:2200", "m/n")
+        );
+        let otlp_only = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+        let o = TracingOptions::from_lookup_in("m", "n", env(&otlp_only))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.xray_daemon, None);
+        for bad in [
+            [
+                ("ENABLE_ENVOY_XRAY_TRACING", "1"),
+                ("XRAY_DAEMON_PORT", "x"),
+            ],
+            [
+                ("ENABLE_ENVOY_XRAY_TRACING", "1"),
+                ("AWS_XRAY_DAEMON_ADDRESS", "nohost"),
+            ],
+        ] {
+            assert!(
+                TracingOptions::from_lookup("n", env(&bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn sampler_variables() {
         let vars = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
@@ -928,6 +1080,7 @@ mod tests {
             sampler: Sampler { parent_based, rate },
             xray: false,
             queue: None,
+            xray_queue: None,
         }
     }
 
@@ -1006,6 +1159,7 @@ mod tests {
             sampler: Sampler::default(),
             xray: false,
             queue: Some(tx),
+            xray_queue: None,
         };
         t.record(span());
         t.record(span());

@@ -40,6 +40,14 @@ bench-smoke:
 fuzz TARGET="config_parse" SECONDS="60":
     cd fuzz && cargo +nightly fuzz run {{TARGET}} -- -max_total_time={{SECONDS}}
 
+# Every fuzz target for a few seconds (what CI runs).
+fuzz-smoke:
+    bash fuzz/smoke.sh
+
+# cargo-deny: licenses, bans (ring, OpenSSL), advisories, duplicates.
+deny:
+    cargo deny check
+
 # Build every fuzz target once (stable check that they compile).
 fuzz-check:
     cd fuzz && cargo check

@@ -73,6 +73,9 @@ pub struct ExplainQuery {
     /// `direction=ingress&port=P` (or `ingress_port=P`): an inbound request to app port P.
     /// Default is none (egress).
     pub ingress_port: Option<u16>,
+    /// `dst=IP`: the connection's original destination address, which picks among TCP
+    /// virtual services sharing a port. Default is none.
+    pub dst: Option<std::net::IpAddr>,
 }
 
 /// Why `GET /explain` has no answer.
@@ -253,7 +256,7 @@ fn route(
 
 /// How `/explain` is called, shown on a bad query.
 const EXPLAIN_USAGE: &str = "usage: GET /explain?method=GET&url=http://svc.local:8080/path&header=name:value \
-     [&direction=ingress&port=P]";
+     [&direction=ingress&port=P] [&dst=IP]";
 
 /// Reads the `/explain` query: `method`, `url`, repeated `header`, and for ingress
 /// `direction=ingress` with `port`, or `ingress_port`.
@@ -271,6 +274,12 @@ fn parse_explain_query(query: &str) -> Result<ExplainQuery, String> {
             "method" => q.method = v,
             "url" => q.url = v,
             "header" => q.headers.push(v),
+            "dst" => {
+                q.dst = Some(
+                    v.parse()
+                        .map_err(|_| format!("bad dst {v:?}: give an IP address"))?,
+                )
+            }
             "direction" => ingress = v.eq_ignore_ascii_case("ingress"),
             "port" | "ingress_port" => {
                 ingress |= k == "ingress_port";
@@ -379,6 +388,9 @@ mod tests {
         assert_eq!(q.ingress_port, None);
         let q = parse_explain_query("url=http://x/&direction=ingress&port=8080").unwrap();
         assert_eq!(q.ingress_port, Some(8080));
+        let q = parse_explain_query("url=tcp://db.local:9000&dst=10.0.0.2").unwrap();
+        assert_eq!(q.dst, Some([10, 0, 0, 2].into()));
+        assert!(parse_explain_query("url=x&dst=db.local").is_err());
         assert!(parse_explain_query("method=GET").is_err());
         assert!(parse_explain_query("url=x&direction=ingress").is_err());
         assert!(parse_explain_query("url=%zz").is_err());

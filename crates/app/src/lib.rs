@@ -2,6 +2,7 @@
 //! start-up, drain and shutdown.
 
 mod drain;
+mod memory;
 mod reload;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Gate;
 pub use crate::drain::{DEFAULT_DRAIN_QUIET, DRAIN_FINAL_GRACE};
+pub use crate::memory::{MALLOC_ARENA_MAX, limit_malloc_arenas, release_startup_memory};
 use crate::reload::ReloadState;
 pub use crate::reload::{
     ConfigSource, RELOAD_DEBOUNCE, RELOAD_FAILURES_TOTAL, RELOAD_TOTAL, ReloadError, ReloadReport,
@@ -587,13 +589,14 @@ impl AdminSource for Admin {
         &self,
         query: &outrider_admin::ExplainQuery,
     ) -> Result<serde_json::Value, outrider_admin::ExplainFailure> {
-        let req = outrider_http::ExplainRequest::parse(
+        let mut req = outrider_http::ExplainRequest::parse(
             &query.method,
             &query.url,
             &query.headers,
             query.ingress_port,
         )
         .map_err(|e| outrider_admin::ExplainFailure::BadRequest(e.to_string()))?;
+        req.dst = query.dst;
         Ok(outrider_http::explain(&self.shared.runtime.load(), &req).to_json())
     }
 

@@ -6,13 +6,13 @@
 //! endpoints are filled in afterwards, live from a [`Runtime`] or by the caller.
 
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use outrider_config::{
-    Cluster, ClusterId, Discovery, EgressFilter, Protocol, Provider, RetryPolicy, RouteAction,
-    Snapshot, Timeouts, grpc_retry, http_retry,
+    Cluster, ClusterId, Discovery, EgressFilter, Gateway, GatewayRewrite, Protocol, Provider,
+    RetryPolicy, RouteAction, Snapshot, Timeouts, VirtualService, grpc_retry, http_retry,
 };
 use outrider_route::{
     GrpcMatch, HeaderMatch, HostMatch, HttpMatch, PathMatch, QueryMatch, RequestParts, Route,
@@ -61,6 +61,10 @@ pub struct ExplainRequest {
     /// `Some(port)`: explain an inbound request redirected from this app port (ingress).
     /// Default is none (egress).
     pub ingress_port: Option<u16>,
+    /// The connection's original destination address, which picks among TCP virtual
+    /// services sharing a port (`--dst`, `dst=`). Default is none: the URL's host when it is
+    /// an IP address.
+    pub dst: Option<IpAddr>,
 }
 
 /// Which way the request travels.
@@ -70,6 +74,8 @@ pub enum ExplainDirection {
     Egress,
     /// From the mesh to the local app (listener 15000).
     Ingress,
+    /// Into a virtual gateway, on one of its listeners.
+    Gateway,
 }
 
 /// The final answer.
@@ -142,6 +148,17 @@ pub struct ClusterReport {
     pub endpoints_note: Option<String>,
 }
 
+/// One TCP virtual service on a port several share, and whether the destination picked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpCandidate {
+    /// The virtual service name.
+    pub service: String,
+    /// The addresses its name resolves to. Default is none (not known: not resolved).
+    pub addresses: Option<Vec<IpAddr>>,
+    /// True for the service the destination address belongs to.
+    pub chosen: bool,
+}
+
 /// Everything `explain` found out about one request, step by step.
 #[derive(Debug, Clone)]
 pub struct Explanation {
@@ -151,6 +168,14 @@ pub struct Explanation {
     pub request: String,
     /// The listener, in words (`egress 15001, HTTP`, `ingress 15000 -> node listener http 8080`).
     pub listener: String,
+    /// Gateway mode: the gateway route that matched. Default is none.
+    pub gateway_route: Option<RouteReport>,
+    /// Gateway mode: the rewrites that route applies (`path /a/x -> /x`,
+    /// `host gw.example.com -> svc.local`). Default is empty.
+    pub rewrites: Vec<String>,
+    /// The TCP virtual services sharing the destination port, when several do. Default is
+    /// empty.
+    pub tcp_candidates: Vec<TcpCandidate>,
     /// The virtual service the authority names. Default is none.
     pub virtual_service: Option<String>,
     /// `virtual router NAME` or `virtual node NAME`. Default is none.
@@ -228,6 +253,7 @@ impl ExplainRequest {
             query: uri.query().map(str::to_string),
             headers: map,
             ingress_port,
+            dst: None,
         })
     }
 
@@ -258,6 +284,9 @@ impl Explanation {
             direction,
             request,
             listener,
+            gateway_route: None,
+            rewrites: Vec::new(),
+            tcp_candidates: Vec::new(),
             virtual_service: None,
             provider: None,
             router_listener: None,
@@ -335,23 +364,44 @@ impl Explanation {
     }
 }
 
-/// Explains `req` against the live runtime, endpoints and their health included.
+/// Explains `req` against the live runtime, endpoints and their health included; TCP
+/// services sharing a port are told apart by the addresses the runtime keeps for them.
 pub fn explain(rt: &Runtime, req: &ExplainRequest) -> Explanation {
     let mut ex = if rt.is_transparent() {
         transparent(req)
     } else {
-        explain_snapshot(rt.snapshot(), req)
+        explain_snapshot_with(rt.snapshot(), req, |name| {
+            rt.tcp_service_addrs()
+                .find(|a| a.name() == name)
+                .map(|a| a.current().to_vec())
+        })
     };
     ex.fill_live(rt);
     ex
 }
 
 /// Explains `req` against a snapshot alone. Endpoints are left out (see
-/// [`Explanation::fill_resolved`]), except the local app's, which are fixed.
+/// [`Explanation::fill_resolved`]), except the local app's, which are fixed; the addresses
+/// of TCP services sharing a port are unknown (see [`explain_snapshot_with`]).
 pub fn explain_snapshot(snap: &Snapshot, req: &ExplainRequest) -> Explanation {
+    explain_snapshot_with(snap, req, |_| None)
+}
+
+/// Explains `req` against a snapshot, with `addrs(virtual service name)` giving the addresses
+/// the name resolves to (None: unknown), used only when several TCP virtual services share
+/// the destination port. A snapshot of a virtual gateway explains a request arriving on the
+/// gateway listener of `req.ingress_port`, else of the URL's port.
+pub fn explain_snapshot_with(
+    snap: &Snapshot,
+    req: &ExplainRequest,
+    addrs: impl Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Explanation {
+    if let Some(gw) = &snap.gateway {
+        return gateway(snap, gw, req);
+    }
     match req.ingress_port {
         Some(port) => ingress(snap, req, port),
-        None => egress(snap, req),
+        None => egress(snap, req, &addrs),
     }
 }
 
@@ -418,11 +468,15 @@ fn backend_by_host(snap: &Snapshot, host: &str) -> Option<usize> {
         .position(|vs| vs.name.eq_ignore_ascii_case(host))
 }
 
-/// The backend owning a TCP port, first backend first, as the runtime indexes them.
-fn backend_by_tcp_port(snap: &Snapshot, port: u16) -> Option<usize> {
+/// The TCP virtual services on a port (indexes of `snap.backends`), in backend order, as the
+/// runtime indexes them.
+fn backends_on_tcp_port(snap: &Snapshot, port: u16) -> Vec<usize> {
     snap.backends
         .iter()
-        .position(|vs| tcp_ports(snap, &vs.provider).any(|p| p == port))
+        .enumerate()
+        .filter(|(_, vs)| tcp_ports(snap, &vs.provider).any(|p| p == port))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn tcp_ports<'a>(snap: &'a Snapshot, provider: &'a Provider) -> Box<dyn Iterator<Item = u16> + 'a> {
@@ -443,11 +497,30 @@ fn tcp_ports<'a>(snap: &'a Snapshot, provider: &'a Provider) -> Box<dyn Iterator
     }
 }
 
-fn egress(snap: &Snapshot, req: &ExplainRequest) -> Explanation {
+/// What picks a provider's listener and route once the virtual service is known.
+struct ServiceRequest<'a> {
+    req: &'a ExplainRequest,
+    /// The host routes match (rewritten in gateway mode).
+    host: &'a str,
+    /// The path routes match (rewritten in gateway mode).
+    path: &'a str,
+    /// The port whose listener is tried first, and what to call it in the report.
+    preferred: Option<(u16, &'static str)>,
+    /// The destination port, tried next. None in gateway mode.
+    dest_port: Option<u16>,
+}
+
+fn egress(
+    snap: &Snapshot,
+    req: &ExplainRequest,
+    addrs: &dyn Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Explanation {
     let port = req.port();
     // The egress listener sends a connection down the TCP path by its original port alone.
-    if let Some(i) = backend_by_tcp_port(snap, port) {
-        return egress_tcp(snap, req, i, port);
+    match backends_on_tcp_port(snap, port).as_slice() {
+        [] => {}
+        [only] => return egress_tcp(snap, req, *only, port, false),
+        several => return egress_shared_tcp(snap, req, several, port, addrs),
     }
     let mut ex = Explanation::new(
         ExplainDirection::Egress,
@@ -458,11 +531,29 @@ fn egress(snap: &Snapshot, req: &ExplainRequest) -> Explanation {
         ex.listener = format!("egress 15001, TCP (port {port} is no backend's TCP port)");
         return not_a_backend(snap, ex, &req.host);
     }
-    let Some(vs_index) = backend_by_host(snap, &req.host) else {
+    let Some(vs) = backend_by_host(snap, &req.host).and_then(|i| snap.backends.get(i)) else {
         return not_a_backend(snap, ex, &req.host);
     };
-    let vs = &snap.backends[vs_index];
     ex.virtual_service = Some(vs.name.to_string());
+    let q = ServiceRequest {
+        req,
+        host: &req.host,
+        path: &req.path,
+        preferred: req.authority_port.map(|p| (p, "authority port")),
+        dest_port: Some(port),
+    };
+    service_http(snap, &mut ex, vs, &q);
+    ex
+}
+
+/// The HTTP decision once the virtual service is known: the provider's listener, then its
+/// route (a router) or its cluster (a node), as [`Runtime::route_service`] decides.
+fn service_http(
+    snap: &Snapshot,
+    ex: &mut Explanation,
+    vs: &VirtualService,
+    q: &ServiceRequest<'_>,
+) {
     match &vs.provider {
         Provider::Router(router) => {
             ex.provider = Some(format!("virtual router {}", router.name));
@@ -472,37 +563,45 @@ fn egress(snap: &Snapshot, req: &ExplainRequest) -> Explanation {
                 .filter(|l| l.protocol.is_http())
                 .collect();
             let by_port = |p: u16| http.iter().find(|l| l.port == p).copied();
-            let (chosen, reason) = match (req.authority_port.and_then(by_port), by_port(port)) {
-                (Some(l), _) => (Some(l), format!("authority port {}", l.port)),
-                (None, Some(l)) => (Some(l), format!("destination port {}", l.port)),
-                (None, None) => match http.first() {
-                    Some(l) if http.len() == 1 => (Some(*l), "only HTTP listener".to_string()),
-                    Some(l) => (
-                        Some(*l),
-                        format!("first HTTP listener (no listener on port {port})"),
-                    ),
-                    None => (None, String::new()),
-                },
+            let preferred = q
+                .preferred
+                .and_then(|(p, what)| by_port(p).map(|l| (l, format!("{what} {p}"))));
+            let destination = || {
+                q.dest_port
+                    .and_then(|p| by_port(p).map(|l| (l, format!("destination port {p}"))))
             };
-            let Some(listener) = chosen else {
+            let chosen = preferred
+                .or_else(destination)
+                .or_else(|| match http.first() {
+                    Some(l) if http.len() == 1 => Some((*l, "only HTTP listener".to_string())),
+                    Some(l) => Some((
+                        *l,
+                        match q.dest_port {
+                            Some(p) => format!("first HTTP listener (no listener on port {p})"),
+                            None => "first HTTP listener".to_string(),
+                        },
+                    )),
+                    None => None,
+                });
+            let Some((listener, reason)) = chosen else {
                 ex.outcome = Outcome::NoCluster;
                 ex.notes
                     .push("503: the router has no HTTP, HTTP/2 or gRPC listener".into());
-                return ex;
+                return;
             };
             ex.router_listener = Some(format!("{} {}", listener.protocol.as_str(), listener.port));
             ex.listener_reason = Some(reason);
             let parts = RequestParts {
-                method: &req.method,
+                method: &q.req.method,
                 scheme: "http",
-                host: &req.host,
+                host: q.host,
                 port: listener.port,
-                path: &req.path,
-                query: req.query.as_deref(),
-                headers: &req.headers,
+                path: q.path,
+                query: q.req.query.as_deref(),
+                headers: &q.req.headers,
             };
             match listener.routes.select(&parts) {
-                Some(route) => routed(snap, &mut ex, route),
+                Some(route) => routed(snap, ex, route),
                 None => {
                     ex.outcome = Outcome::NoRoute;
                     ex.tried = listener.routes.routes().iter().map(route_report).collect();
@@ -528,10 +627,11 @@ fn egress(snap: &Snapshot, req: &ExplainRequest) -> Explanation {
                     .filter(http)
                     .find(|id| snap.clusters.get(id.0).is_some_and(|c| c.port == p))
             };
-            let (id, reason) = match (req.authority_port.and_then(on), on(port)) {
-                (Some(id), _) => (Some(id), "authority port"),
-                (None, Some(id)) => (Some(id), "destination port"),
-                (None, None) => (
+            let preferred = q.preferred.and_then(|(p, what)| on(p).map(|id| (id, what)));
+            let destination = || q.dest_port.and_then(on).map(|id| (id, "destination port"));
+            let (id, reason) = match preferred.or_else(destination) {
+                Some((id, why)) => (Some(id), why),
+                None => (
                     clusters.iter().find(http),
                     "first HTTP listener of the node",
                 ),
@@ -563,18 +663,237 @@ fn egress(snap: &Snapshot, req: &ExplainRequest) -> Explanation {
             }
         }
     }
+}
+
+/// Gateway mode, as the proxy decides it: the listener by the port the request arrived on,
+/// the first matching gateway route, its rewrites (path, then Host), then the target virtual
+/// service's own listener and route.
+fn gateway(snap: &Snapshot, gw: &Gateway, req: &ExplainRequest) -> Explanation {
+    let port = req.ingress_port.unwrap_or_else(|| req.port());
+    let mut ex = Explanation::new(
+        ExplainDirection::Gateway,
+        req.line(),
+        format!("virtual gateway {}", gw.name),
+    );
+    let listeners = &gw.listeners;
+    let (index, reason) = match listeners.iter().position(|l| l.port == port) {
+        Some(i) => (Some(i), format!("port {port}")),
+        None if listeners.len() == 1 => (
+            Some(0),
+            format!("only listener (port {port} is not a listener)"),
+        ),
+        None => (None, String::new()),
+    };
+    let Some(listener) = index.and_then(|i| listeners.get(i)) else {
+        ex.outcome = Outcome::NoListener;
+        ex.notes.push(format!(
+            "404: the gateway has no listener on port {port} ({} listeners)",
+            listeners.len()
+        ));
+        return ex;
+    };
+    ex.listener = format!(
+        "virtual gateway {} listener {} {} ({reason})",
+        gw.name,
+        listener.protocol.as_str(),
+        listener.port
+    );
+    let parts = RequestParts {
+        method: &req.method,
+        scheme: "http",
+        host: &req.host,
+        port: listener.port,
+        path: &req.path,
+        query: req.query.as_deref(),
+        headers: &req.headers,
+    };
+    let Some(route) = listener.routes.select(&parts) else {
+        ex.outcome = Outcome::NoRoute;
+        ex.tried = listener.routes.routes().iter().map(route_report).collect();
+        ex.notes.push(format!(
+            "404: no gateway route of listener {} {} matched ({} tried)",
+            listener.protocol.as_str(),
+            listener.port,
+            ex.tried.len()
+        ));
+        return ex;
+    };
+    ex.gateway_route = Some(route_report(route));
+    let action = &route.action;
+    let Some(vs) = snap.backends.get(action.service) else {
+        ex.outcome = Outcome::NoCluster;
+        ex.notes
+            .push("503: the gateway route's virtual service is unknown".into());
+        return ex;
+    };
+    let path = rewritten_path(&req.path, &action.rewrite).filter(|p| *p != req.path);
+    if let Some(p) = &path {
+        ex.rewrites.push(format!("path {} -> {p}", req.path));
+    }
+    let host = if action.rewrite.hostname {
+        if !vs.name.eq_ignore_ascii_case(&req.host) {
+            ex.rewrites
+                .push(format!("host {} -> {}", req.host, vs.name));
+        }
+        &*vs.name
+    } else {
+        req.host.as_str()
+    };
+    ex.virtual_service = Some(vs.name.to_string());
+    let q = ServiceRequest {
+        req,
+        host,
+        path: path.as_deref().unwrap_or(&req.path),
+        preferred: action.port.map(|p| (p, "gateway route target port")),
+        dest_port: None,
+    };
+    service_http(snap, &mut ex, vs, &q);
     ex
 }
 
-fn egress_tcp(snap: &Snapshot, req: &ExplainRequest, vs_index: usize, port: u16) -> Explanation {
+/// The path after a gateway route's rewrite (exact, else the matched prefix replaced, without
+/// doubling the `/` after it); None when the route keeps the path.
+fn rewritten_path(path: &str, rewrite: &GatewayRewrite) -> Option<String> {
+    match (&rewrite.path, &rewrite.prefix) {
+        (Some(exact), _) => Some(exact.clone()),
+        (None, Some((matched, to))) => path.strip_prefix(matched.as_str()).map(|rest| {
+            let rest = if to.ends_with('/') {
+                rest.strip_prefix('/').unwrap_or(rest)
+            } else {
+                rest
+            };
+            let out = format!("{to}{rest}");
+            if out.is_empty() { "/".to_string() } else { out }
+        }),
+        (None, None) => None,
+    }
+}
+
+/// Several TCP virtual services on the destination port: the one whose addresses hold the
+/// destination address, as [`Runtime::route_tcp`] decides; without an address, the one the
+/// URL names (the app resolved that name), else only the candidates.
+fn egress_shared_tcp(
+    snap: &Snapshot,
+    req: &ExplainRequest,
+    several: &[usize],
+    port: u16,
+    addrs: &dyn Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Explanation {
+    let dst = req
+        .dst
+        .or_else(|| req.host.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical());
+    let services: Vec<(usize, &VirtualService)> = several
+        .iter()
+        .filter_map(|&i| snap.backends.get(i).map(|vs| (i, vs)))
+        .collect();
+    let mut candidates: Vec<TcpCandidate> = services
+        .iter()
+        .map(|(_, vs)| TcpCandidate {
+            service: vs.name.to_string(),
+            addresses: addrs(&vs.name).map(|mut ips| {
+                ips.iter_mut().for_each(|ip| *ip = ip.to_canonical());
+                ips.sort_unstable();
+                ips.dedup();
+                ips
+            }),
+            chosen: false,
+        })
+        .collect();
+    let names = candidates
+        .iter()
+        .map(|c| c.service.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let shared = format!("port {port} is shared by TCP services {names}");
+    let (pick, note) = match dst {
+        Some(ip) => match candidates
+            .iter()
+            .position(|c| c.addresses.as_ref().is_some_and(|a| a.contains(&ip)))
+        {
+            Some(k) => (
+                Some(k),
+                format!(
+                    "{shared}: destination {ip} is an address of {}",
+                    candidates[k].service
+                ),
+            ),
+            None => {
+                let unknown: Vec<&str> = candidates
+                    .iter()
+                    .filter(|c| c.addresses.is_none())
+                    .map(|c| c.service.as_str())
+                    .collect();
+                let mut note = format!("{shared}: destination {ip} is an address of none of them");
+                if !unknown.is_empty() {
+                    let _ = write!(note, " (addresses of {} unknown)", unknown.join(", "));
+                }
+                (None, note)
+            }
+        },
+        None => match candidates
+            .iter()
+            .position(|c| c.service.eq_ignore_ascii_case(&req.host))
+        {
+            Some(k) => (
+                Some(k),
+                format!(
+                    "{shared}: the destination address decides; explained as {}, the service the URL names (give --dst IP, or dst=IP, to check an address)",
+                    candidates[k].service
+                ),
+            ),
+            None => (
+                None,
+                format!("{shared}: the destination address decides; give --dst IP (dst=IP)"),
+            ),
+        },
+    };
+    let mut ex = match pick.and_then(|k| services.get(k)) {
+        Some(&(vs_index, _)) => egress_tcp(snap, req, vs_index, port, true),
+        None => {
+            let mut ex = Explanation::new(
+                ExplainDirection::Egress,
+                req.line(),
+                format!("egress 15001, TCP (port {port} is a TCP backend port)"),
+            );
+            ex.outcome = Outcome::NotABackend(snap.egress_filter);
+            ex.notes.push(match snap.egress_filter {
+                EgressFilter::AllowAll => {
+                    "egressFilter ALLOW_ALL: passed through to the original destination".into()
+                }
+                EgressFilter::DropAll => "egressFilter DROP_ALL: the connection is closed".into(),
+            });
+            ex
+        }
+    };
+    if let Some(c) = pick.and_then(|k| candidates.get_mut(k)) {
+        c.chosen = true;
+    }
+    ex.tcp_candidates = candidates;
+    ex.notes.insert(0, note);
+    ex
+}
+
+/// The TCP decision for the virtual service at `vs_index`; `shared` when the port has several
+/// (the destination address chose it, not the port alone).
+fn egress_tcp(
+    snap: &Snapshot,
+    req: &ExplainRequest,
+    vs_index: usize,
+    port: u16,
+    shared: bool,
+) -> Explanation {
     let mut ex = Explanation::new(
         ExplainDirection::Egress,
         req.line(),
         format!("egress 15001, TCP (port {port} is a TCP backend port)"),
     );
-    let vs = &snap.backends[vs_index];
+    let Some(vs) = snap.backends.get(vs_index) else {
+        ex.outcome = Outcome::NoCluster;
+        return ex;
+    };
     ex.virtual_service = Some(vs.name.to_string());
-    if !vs.name.eq_ignore_ascii_case(&req.host) {
+    if !shared && !vs.name.eq_ignore_ascii_case(&req.host) {
         ex.notes.push(format!(
             "TCP is routed by destination port alone: {port} belongs to {}, whatever the host",
             vs.name
@@ -905,6 +1224,7 @@ impl ExplainDirection {
         match self {
             ExplainDirection::Egress => "egress",
             ExplainDirection::Ingress => "ingress",
+            ExplainDirection::Gateway => "gateway",
         }
     }
 }
@@ -940,6 +1260,32 @@ impl fmt::Display for Explanation {
         writeln!(f, "request:         {}", self.request)?;
         writeln!(f, "direction:       {}", self.direction.as_str())?;
         writeln!(f, "listener:        {}", self.listener)?;
+        if let Some(r) = &self.gateway_route {
+            writeln!(f, "gateway route:   {r}")?;
+            if self.rewrites.is_empty() {
+                writeln!(f, "rewrite:         none")?;
+            } else {
+                writeln!(f, "rewrite:         {}", self.rewrites.join("; "))?;
+            }
+        }
+        if !self.tcp_candidates.is_empty() {
+            writeln!(f, "tcp services on this port:")?;
+            for c in &self.tcp_candidates {
+                write!(f, "  {}", c.service)?;
+                match &c.addresses {
+                    None => write!(f, " (addresses unknown)")?,
+                    Some(a) if a.is_empty() => write!(f, " (no address)")?,
+                    Some(a) => {
+                        let list: Vec<String> = a.iter().map(ToString::to_string).collect();
+                        write!(f, " ({})", list.join(", "))?;
+                    }
+                }
+                if c.chosen {
+                    write!(f, " <- chosen")?;
+                }
+                writeln!(f)?;
+            }
+        }
         if let Some(vs) = &self.virtual_service {
             writeln!(f, "virtual service: {vs}")?;
         }
@@ -1024,6 +1370,13 @@ impl Explanation {
             },
             "direction": self.direction.as_str(),
             "listener": self.listener,
+            "gateway_route": self.gateway_route.as_ref().map(route),
+            "rewrites": self.rewrites,
+            "tcp_candidates": self.tcp_candidates.iter().map(|c| serde_json::json!({
+                "virtual_service": c.service,
+                "addresses": c.addresses.as_ref().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                "chosen": c.chosen,
+            })).collect::<Vec<_>>(),
             "virtual_service": self.virtual_service,
             "provider": self.provider,
             "chosen_listener": self.router_listener,

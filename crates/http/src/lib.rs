@@ -18,8 +18,8 @@ pub use access::{AccessLog, next_connection_id};
 pub use body::{ReqBody, RespBody};
 pub use explain::{
     ClusterReport, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, EndpointLine, ExplainDirection,
-    ExplainError, ExplainRequest, Explanation, Outcome, RouteReport, TargetReport, explain,
-    explain_snapshot,
+    ExplainError, ExplainRequest, Explanation, Outcome, RouteReport, TargetReport, TcpCandidate,
+    explain, explain_snapshot, explain_snapshot_with,
 };
 pub use headers::{request_id, split_authority};
 pub use health::DEFAULT_HEALTH_PATH;

@@ -156,60 +156,73 @@ impl EndpointPool {
 
     /// Sends one request over HTTP/1.1 or HTTP/2 (h2c). For HTTP/1.1 the connection goes back
     /// to the pool through the returned [`PoolReturn`] once the response body is read.
-    pub(crate) async fn send(
+    pub(crate) fn send(
         self: &Arc<Self>,
         h2: bool,
         req: Request<ReqBody>,
         connect_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> {
+        use futures_util::TryFutureExt as _;
+        use futures_util::future::Either;
+
+        // Either, not an async block: the request is held only by the protocol's own future.
         if h2 {
-            self.send_h2(req, connect_timeout).await.map(|r| (r, None))
+            Either::Left(
+                self.send_h2(req, connect_timeout)
+                    .map_ok(|r| (r, None::<PoolReturn>)),
+            )
         } else {
-            self.send_h1(req, connect_timeout).await
+            Either::Right(self.send_h1(req, connect_timeout))
         }
     }
 
-    async fn send_h1(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block does not keep a second copy of its arguments in the future"
+    )]
+    fn send_h1(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
         connect_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
-        for _ in 0..MAX_STALE_TRIES {
-            let Some(mut tx) = self.take_idle() else {
-                break;
-            };
-            if tx.ready().await.is_err() {
-                continue;
-            }
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Some(PoolReturn {
-                            pool: self.clone(),
-                            tx,
-                        }),
-                    ));
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> {
+        async move {
+            for _ in 0..MAX_STALE_TRIES {
+                let Some(mut tx) = self.take_idle() else {
+                    break;
+                };
+                if tx.ready().await.is_err() {
+                    continue;
                 }
-                Err(mut err) => match err.take_message() {
-                    // The request never left: a stale keep-alive connection. Try another.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Reset(err.into_error())),
-                },
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        return Ok((
+                            resp,
+                            Some(PoolReturn {
+                                pool: self.clone(),
+                                tx,
+                            }),
+                        ));
+                    }
+                    Err(mut err) => match err.take_message() {
+                        // The request never left: a stale keep-alive connection. Try another.
+                        Some(back) => req = back,
+                        None => return Err(SendError::Reset(err.into_error())),
+                    },
+                }
             }
-        }
-        // Dialing is the rare path and its future (connect, TLS, handshake) is large: boxed so
-        // that every request reusing a pooled connection does not carry it.
-        let mut tx = Box::pin(self.dial_h1(connect_timeout)).await?;
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok((
-                resp,
-                Some(PoolReturn {
-                    pool: self.clone(),
-                    tx,
-                }),
-            )),
-            Err(err) => Err(SendError::Reset(err.into_error())),
+            // Dialing is the rare path and its future (connect, TLS, handshake) is large: boxed so
+            // that every request reusing a pooled connection does not carry it.
+            let mut tx = Box::pin(self.dial_h1(connect_timeout)).await?;
+            match tx.try_send_request(req).await {
+                Ok(resp) => Ok((
+                    resp,
+                    Some(PoolReturn {
+                        pool: self.clone(),
+                        tx,
+                    }),
+                )),
+                Err(err) => Err(SendError::Reset(err.into_error())),
+            }
         }
     }
 
@@ -231,19 +244,25 @@ impl EndpointPool {
         Ok(tx)
     }
 
-    async fn send_h2(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block does not keep a second copy of its arguments in the future"
+    )]
+    fn send_h2(
         &self,
         req: Request<ReqBody>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut tx = self.h2_sender(connect_timeout).await?;
-        match tx.send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(err) => {
-                if is_refused(&err) {
-                    Err(SendError::Refused(err))
-                } else {
-                    Err(SendError::Reset(err))
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> {
+        async move {
+            let mut tx = self.h2_sender(connect_timeout).await?;
+            match tx.send_request(req).await {
+                Ok(resp) => Ok(resp),
+                Err(err) => {
+                    if is_refused(&err) {
+                        Err(SendError::Refused(err))
+                    } else {
+                        Err(SendError::Reset(err))
+                    }
                 }
             }
         }

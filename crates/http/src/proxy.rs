@@ -262,22 +262,28 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
-async fn handle_logged(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block does not keep a second copy of its arguments in the future"
+)]
+fn handle_logged(
     ctx: &ListenerCtx,
     conn: ConnInfo,
     req: Request<Incoming>,
     traced: Option<&mut Traced>,
     start: Instant,
-) -> Response<RespBody> {
-    let runtime = ctx.runtime.load_full();
-    match runtime.access_log().cloned() {
-        None => handle_inner(ctx, conn, &runtime, req, None, traced).await,
-        // The access-log state is large: boxed so requests without a log do not carry it.
-        Some(log) => {
-            Box::pin(handle_with_log(
-                ctx, conn, &runtime, req, traced, log, start,
-            ))
-            .await
+) -> impl Future<Output = Response<RespBody>> {
+    async move {
+        let runtime = ctx.runtime.load_full();
+        match runtime.access_log().cloned() {
+            None => handle_inner(ctx, conn, &runtime, req, None, traced).await,
+            // The access-log state is large: boxed so requests without a log do not carry it.
+            Some(log) => {
+                Box::pin(handle_with_log(
+                    ctx, conn, &runtime, req, traced, log, start,
+                ))
+                .await
+            }
         }
     }
 }
@@ -328,121 +334,134 @@ async fn handle_with_log(
     resp
 }
 
-async fn handle_inner(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block does not keep a second copy of its arguments in the future"
+)]
+fn handle_inner(
     ctx: &ListenerCtx,
     conn: ConnInfo,
     runtime: &Runtime,
     mut req: Request<Incoming>,
     mut trail: Option<&mut Trail>,
     mut traced: Option<&mut Traced>,
-) -> Response<RespBody> {
-    let grpc = is_grpc(req.headers());
-    let mut authority = request_authority(&req);
-    let decided = if ctx.direction == Direction::Ingress && runtime.snapshot().gateway.is_some() {
-        decide_gateway(conn, runtime, &mut req, &mut authority)
-    } else {
-        decide(ctx, conn, runtime, &req, authority.as_ref()).await
-    };
-    let plan = match decided {
-        Ok(plan) => plan,
-        Err(reason) => {
-            if let Some(t) = trail.as_deref_mut() {
-                t.request_headers = Some(req.headers().clone());
-            }
-            return local_reply(reason, grpc);
-        }
-    };
-    if let Some(t) = trail.as_deref_mut() {
-        t.cluster = Some(plan.upstream.name().to_string());
-        t.route = plan.route.clone();
-    }
-    if let Some(t) = traced.as_deref_mut()
-        && t.record
-    {
-        t.cluster = Some(plan.upstream.name().to_string());
-    }
-    let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let downstream_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarding(&mut parts.headers, conn.peer.ip(), "http");
-    // Ingress hands the app the server span; egress writes a new span per attempt.
-    let attempt_trace = match traced {
-        Some(t) if ctx.direction == Direction::Ingress => {
-            inject(&t.server, &mut parts.headers, t.request.formats);
-            None
-        }
-        Some(t) => Some(AttemptTrace {
-            tracer: t.tracer.clone(),
-            request: t.request.clone(),
-            record: t.record,
-            cluster: plan.upstream.name().to_string(),
-        }),
-        None => None,
-    };
-    if let Some(t) = trail.as_deref_mut() {
-        t.request_headers = Some(parts.headers.clone());
-    }
-
-    let retries_possible = plan.retry.max_retries > 0 && !upgrade;
-    let body = match prepare_body(body, retries_possible) {
-        Prepared::Ready(b) => b,
-        // Buffering for replay waits on the client: boxed, off the common bodiless path.
-        Prepared::Buffer(body) => match Box::pin(buffer_body(body)).await {
-            Ok(b) => b,
-            Err(reason) => return local_reply(reason, grpc),
-        },
-    };
-    let uri = match upstream_uri(std::mem::take(&mut parts.uri), authority.as_ref(), plan.h2) {
-        Some(u) => u,
-        None => return local_reply(LocalReason::BadRequest, grpc),
-    };
-    if plan.h2 {
-        parts.headers.remove(header::HOST);
-    } else if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = &authority
-        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    let template = Template {
-        method: parts.method,
-        uri,
-        headers: parts.headers,
-        grpc,
-        trace: attempt_trace,
-    };
-
-    let mut skipped = false;
-    let mut host = None;
-    let forwarded = forward(&plan, template, body, &mut skipped, &mut host).await;
-    if let Some(t) = trail {
-        t.upstream_host = host;
-    }
-    let mut resp = match forwarded {
-        Ok((resp, pool_return, permit)) => {
-            let (mut head, body) = resp.into_parts();
-            let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
-            if switching {
-                if let Some(down) = on_upgrade {
-                    let up = hyper::upgrade::on(Response::from_parts(head.clone(), ()));
-                    splice_upgrade(down, up);
+) -> impl Future<Output = Response<RespBody>> {
+    async move {
+        let grpc = is_grpc(req.headers());
+        let mut authority = request_authority(&req);
+        let gateway = ctx.direction == Direction::Ingress && runtime.snapshot().gateway.is_some();
+        // Matched directly (no `decided` local): every local alive across an await takes room
+        // in this future.
+        let plan = match if gateway {
+            decide_gateway(conn, runtime, &mut req, &mut authority)
+        } else {
+            decide(ctx, conn, runtime, &req, authority.as_ref()).await
+        } {
+            Ok(plan) => plan,
+            Err(reason) => {
+                if let Some(t) = trail.as_deref_mut() {
+                    t.request_headers = Some(req.headers().clone());
                 }
-            } else {
-                strip_hop_by_hop(&mut head.headers, false);
+                return local_reply(reason, grpc);
             }
-            head.version = downstream_version;
-            // An upgraded connection is never returned to the pool.
-            let pool_return = if switching { None } else { pool_return };
-            Response::from_parts(head, RespBody::upstream(body, pool_return, permit))
+        };
+        if let Some(t) = trail.as_deref_mut() {
+            t.cluster = Some(plan.upstream.name().to_string());
+            t.route = plan.route.clone();
         }
-        Err(reason) => local_reply(reason, grpc),
-    };
-    if skipped {
-        resp.extensions_mut().insert(RetrySkipped);
+        if let Some(t) = traced.as_deref_mut()
+            && t.record
+        {
+            t.cluster = Some(plan.upstream.name().to_string());
+        }
+        let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let downstream_version = req.version();
+        // The request head is rewritten in a block without awaits so that it takes no room in
+        // this future once it has become the attempt template.
+        let (template, body) = {
+            let (mut parts, body) = req.into_parts();
+            strip_hop_by_hop(&mut parts.headers, upgrade);
+            add_forwarding(&mut parts.headers, conn.peer.ip(), "http");
+            // Ingress hands the app the server span; egress writes a new span per attempt.
+            let attempt_trace = match traced {
+                Some(t) if ctx.direction == Direction::Ingress => {
+                    inject(&t.server, &mut parts.headers, t.request.formats);
+                    None
+                }
+                Some(t) => Some(AttemptTrace {
+                    tracer: t.tracer.clone(),
+                    request: t.request.clone(),
+                    record: t.record,
+                    cluster: plan.upstream.name().to_string(),
+                }),
+                None => None,
+            };
+            if let Some(t) = trail.as_deref_mut() {
+                t.request_headers = Some(parts.headers.clone());
+            }
+            let uri =
+                match upstream_uri(std::mem::take(&mut parts.uri), authority.as_ref(), plan.h2) {
+                    Some(u) => u,
+                    None => return local_reply(LocalReason::BadRequest, grpc),
+                };
+            if plan.h2 {
+                parts.headers.remove(header::HOST);
+            } else if !parts.headers.contains_key(header::HOST)
+                && let Some(a) = &authority
+                && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+            let template = Template {
+                method: parts.method,
+                uri,
+                headers: parts.headers,
+                grpc,
+                trace: attempt_trace,
+            };
+            (template, body)
+        };
+        let retries_possible = plan.retry.max_retries > 0 && !upgrade;
+        let body = match prepare_body(body, retries_possible) {
+            Prepared::Ready(b) => b,
+            // Buffering for replay waits on the client: boxed, off the common bodiless path.
+            Prepared::Buffer(body) => match Box::pin(buffer_body(body)).await {
+                Ok(b) => b,
+                Err(reason) => return local_reply(reason, grpc),
+            },
+        };
+
+        let mut skipped = false;
+        let mut host = None;
+        let forwarded = forward(&plan, template, body, &mut skipped, &mut host).await;
+        if let Some(t) = trail {
+            t.upstream_host = host;
+        }
+        let mut resp = match forwarded {
+            Ok((resp, pool_return, permit)) => {
+                let (mut head, body) = resp.into_parts();
+                let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+                if switching {
+                    if let Some(down) = on_upgrade {
+                        let up = hyper::upgrade::on(Response::from_parts(head.clone(), ()));
+                        splice_upgrade(down, up);
+                    }
+                } else {
+                    strip_hop_by_hop(&mut head.headers, false);
+                }
+                head.version = downstream_version;
+                // An upgraded connection is never returned to the pool.
+                let pool_return = if switching { None } else { pool_return };
+                Response::from_parts(head, RespBody::upstream(body, pool_return, permit))
+            }
+            Err(reason) => local_reply(reason, grpc),
+        };
+        if skipped {
+            resp.extensions_mut().insert(RetrySkipped);
+        }
+        resp
     }
-    resp
 }
 
 async fn decide(
@@ -788,129 +807,135 @@ type Forwarded = (Response<Incoming>, Option<PoolReturn>, Option<Permit>);
 
 /// Sends the request with retries. Sets `skipped` when a retry was due but the body could not
 /// be replayed.
-async fn forward(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block does not keep a second copy of its arguments in the future"
+)]
+fn forward(
     plan: &Plan,
     mut template: Template,
     body: ReqBody,
     skipped: &mut bool,
     last_addr: &mut Option<SocketAddr>,
-) -> Result<Forwarded, LocalReason> {
-    // The tokio clock (not `start`) so deadlines follow paused time in tests.
-    let started = tokio::time::Instant::now();
-    let mut deadline = plan.timeouts.per_request.map(|t| started + t);
-    // A gRPC client's own deadline caps the route's.
-    if template.grpc
-        && let Some(t) = template
-            .headers
-            .get("grpc-timeout")
-            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
-    {
-        let d = started + t;
-        deadline = Some(deadline.map_or(d, |x| x.min(d)));
-    }
-    let upstream = &plan.upstream;
-    let stats = &upstream.stats;
-    let _request = upstream.budget.start_request();
-    let permit = match &upstream.limiter {
-        Some(limiter) => match limiter.try_acquire() {
-            Ok(p) => Some(p),
-            // Waiting for a slot is rare and its future large: boxed.
-            Err(_) => Some(Box::pin(admit(upstream, limiter, deadline)).await?),
-        },
-        None => None,
-    };
-    let replay = match &body {
-        ReqBody::Empty => Some(None),
-        ReqBody::Full(Some(b)) => Some(Some(b.clone())),
-        _ => None,
-    };
-    let mut body = Some(body);
-    let mut attempt: u32 = 0;
-    // The retry slot of the attempt in flight, held until the request ends.
-    let mut _retry: Option<InFlightRetry> = None;
-    loop {
-        let allowed = attempt < plan.retry.max_retries;
-        let can_retry = allowed && replay.is_some();
-        let attempt_body = match (&replay, body.take()) {
-            (_, Some(b)) => b,
-            (Some(None), None) => ReqBody::Empty,
-            (Some(Some(bytes)), None) => ReqBody::Full(Some(bytes.clone())),
-            (None, None) => return Err(LocalReason::UpstreamReset),
-        };
-        // The first attempt's per-try deadline counts from the request's clock read.
-        let clock = (attempt == 0).then_some(started);
-        let outcome = one_attempt(
-            plan,
-            &mut template,
-            AttemptInput {
-                body: attempt_body,
-                keep_headers: can_retry,
-                deadline,
-                clock,
+) -> impl Future<Output = Result<Forwarded, LocalReason>> {
+    async move {
+        // The tokio clock (not `start`) so deadlines follow paused time in tests.
+        let started = tokio::time::Instant::now();
+        let mut deadline = plan.timeouts.per_request.map(|t| started + t);
+        // A gRPC client's own deadline caps the route's.
+        if template.grpc
+            && let Some(t) = template
+                .headers
+                .get("grpc-timeout")
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        {
+            let d = started + t;
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
+        let upstream = &plan.upstream;
+        let stats = &upstream.stats;
+        let _request = upstream.budget.start_request();
+        let permit = match &upstream.limiter {
+            Some(limiter) => match limiter.try_acquire() {
+                Ok(p) => Some(p),
+                // Waiting for a slot is rare and its future large: boxed.
+                Err(_) => Some(Box::pin(admit(upstream, limiter, deadline)).await?),
             },
-            *last_addr,
-            last_addr,
-        )
-        .await;
-        match outcome {
-            Attempt::Response(resp, pool_return) => {
-                let status = resp.status().as_u16();
-                let retriable = retry_on_response(&plan.retry, &template, &resp);
-                *skipped |= retriable && allowed && replay.is_none();
-                let slot = if can_retry && retriable {
-                    // A request retries one attempt at a time: it keeps its slot.
-                    _retry.take().or_else(|| retry_slot(upstream))
-                } else {
-                    None
-                };
-                match slot {
-                    Some(slot) => {
-                        _retry = Some(slot);
-                        stats.rq_retry.increment(1);
-                        drop(resp);
-                        drop(pool_return);
-                    }
-                    None => {
-                        if attempt > 0 && status < 500 {
-                            stats.rq_retry_success.increment(1);
+            None => None,
+        };
+        let replay = match &body {
+            ReqBody::Empty => Some(None),
+            ReqBody::Full(Some(b)) => Some(Some(b.clone())),
+            _ => None,
+        };
+        let mut body = Some(body);
+        let mut attempt: u32 = 0;
+        // The retry slot of the attempt in flight, held until the request ends.
+        let mut _retry: Option<InFlightRetry> = None;
+        loop {
+            let allowed = attempt < plan.retry.max_retries;
+            let can_retry = allowed && replay.is_some();
+            let attempt_body = match (&replay, body.take()) {
+                (_, Some(b)) => b,
+                (Some(None), None) => ReqBody::Empty,
+                (Some(Some(bytes)), None) => ReqBody::Full(Some(bytes.clone())),
+                (None, None) => return Err(LocalReason::UpstreamReset),
+            };
+            // The first attempt's per-try deadline counts from the request's clock read.
+            let clock = (attempt == 0).then_some(started);
+            let outcome = one_attempt(
+                plan,
+                &mut template,
+                AttemptInput {
+                    body: attempt_body,
+                    keep_headers: can_retry,
+                    deadline,
+                    clock,
+                },
+                *last_addr,
+                last_addr,
+            )
+            .await;
+            match outcome {
+                Attempt::Response(resp, pool_return) => {
+                    let status = resp.status().as_u16();
+                    let retriable = retry_on_response(&plan.retry, &template, &resp);
+                    *skipped |= retriable && allowed && replay.is_none();
+                    let slot = if can_retry && retriable {
+                        // A request retries one attempt at a time: it keeps its slot.
+                        _retry.take().or_else(|| retry_slot(upstream))
+                    } else {
+                        None
+                    };
+                    match slot {
+                        Some(slot) => {
+                            _retry = Some(slot);
+                            stats.rq_retry.increment(1);
+                            drop(resp);
+                            drop(pool_return);
                         }
-                        return Ok((resp, pool_return, permit));
+                        None => {
+                            if attempt > 0 && status < 500 {
+                                stats.rq_retry_success.increment(1);
+                            }
+                            return Ok((resp, pool_return, permit));
+                        }
                     }
                 }
+                Attempt::Failed(reason, retriable) => {
+                    if reason == LocalReason::Timeout
+                        && deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                    {
+                        stats.rq_timeout.increment(1);
+                        return Err(LocalReason::Timeout);
+                    }
+                    *skipped |= retriable && allowed && replay.is_none();
+                    let slot = if can_retry && retriable {
+                        // A request retries one attempt at a time: it keeps its slot.
+                        _retry.take().or_else(|| retry_slot(upstream))
+                    } else {
+                        None
+                    };
+                    let Some(slot) = slot else {
+                        if reason == LocalReason::Timeout {
+                            stats.rq_timeout.increment(1);
+                        }
+                        return Err(reason);
+                    };
+                    _retry = Some(slot);
+                    stats.rq_retry.increment(1);
+                }
             }
-            Attempt::Failed(reason, retriable) => {
-                if reason == LocalReason::Timeout
-                    && deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
-                {
+            attempt += 1;
+            let backoff = backoff(attempt);
+            match deadline {
+                Some(d) if tokio::time::Instant::now() + backoff >= d => {
                     stats.rq_timeout.increment(1);
                     return Err(LocalReason::Timeout);
                 }
-                *skipped |= retriable && allowed && replay.is_none();
-                let slot = if can_retry && retriable {
-                    // A request retries one attempt at a time: it keeps its slot.
-                    _retry.take().or_else(|| retry_slot(upstream))
-                } else {
-                    None
-                };
-                let Some(slot) = slot else {
-                    if reason == LocalReason::Timeout {
-                        stats.rq_timeout.increment(1);
-                    }
-                    return Err(reason);
-                };
-                _retry = Some(slot);
-                stats.rq_retry.increment(1);
+                // Only retries sleep: boxed so the timer is not part of every request's future.
+                _ => Box::pin(tokio::time::sleep(backoff)).await,
             }
-        }
-        attempt += 1;
-        let backoff = backoff(attempt);
-        match deadline {
-            Some(d) if tokio::time::Instant::now() + backoff >= d => {
-                stats.rq_timeout.increment(1);
-                return Err(LocalReason::Timeout);
-            }
-            // Only retries sleep: boxed so the timer is not part of every request's future.
-            _ => Box::pin(tokio::time::sleep(backoff)).await,
         }
     }
 }
@@ -961,115 +986,125 @@ struct AttemptInput {
     clock: Option<tokio::time::Instant>,
 }
 
-async fn one_attempt(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block does not keep a second copy of its arguments in the future"
+)]
+fn one_attempt(
     plan: &Plan,
     template: &mut Template,
     input: AttemptInput,
     avoid: Option<SocketAddr>,
     used: &mut Option<SocketAddr>,
-) -> Attempt {
-    let AttemptInput {
-        body,
-        keep_headers,
-        deadline,
-        clock,
-    } = input;
-    let upstream = &plan.upstream;
-    let (addr, guard) = match plan.fixed {
-        Some(addr) => (addr, None),
-        None => {
-            let picked = match avoid {
-                Some(prev) => upstream.balancer.pick_excluding(prev),
-                None => upstream.balancer.pick(),
-            };
-            match picked {
-                Some(ep) => (ep.addr(), Some(ep.start())),
-                None => return Attempt::Failed(LocalReason::NoHealthyUpstream, false),
-            }
-        }
-    };
-    *used = Some(addr);
-    let pool = upstream.pools.get(addr);
-    let mut req = template.request(body, plan.h2, keep_headers);
-    let template = &*template;
-    let span = template.trace.as_ref().map(|t| {
-        let child = t.request.child();
-        inject(&child, req.headers_mut(), t.request.formats);
-        // Read before the request (and its headers) goes to the pool.
-        let host = if t.record {
-            span_host(template, req.headers())
-        } else {
-            None
-        };
-        (t, child, unix_nanos(), host)
-    });
-    let now = clock.unwrap_or_else(tokio::time::Instant::now);
-    let try_deadline = match (plan.retry.per_retry_timeout, deadline) {
-        (Some(t), Some(d)) => Some(d.min(now + t)),
-        (Some(t), None) => Some(now + t),
-        (None, d) => d,
-    };
-    upstream.stats.rq_total.increment(1);
-    // The upstream time (stats, balancer latency) starts here, not at the downstream request.
-    let started = Instant::now();
-    let send = pool.send(plan.h2, req, upstream.connect_timeout());
-    let result = match try_deadline {
-        Some(d) => match timeout_at(d, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                if let Some((t, child, start, host)) = span {
-                    client_span(
-                        template,
-                        plan.h2,
-                        t,
-                        child,
-                        (start, host),
-                        addr,
-                        Err("timeout"),
-                    );
+) -> impl Future<Output = Attempt> {
+    async move {
+        let AttemptInput {
+            body,
+            keep_headers,
+            deadline,
+            clock,
+        } = input;
+        let upstream = &plan.upstream;
+        let (addr, guard) = match plan.fixed {
+            Some(addr) => (addr, None),
+            None => {
+                let picked = match avoid {
+                    Some(prev) => upstream.balancer.pick_excluding(prev),
+                    None => upstream.balancer.pick(),
+                };
+                match picked {
+                    Some(ep) => (ep.addr(), Some(ep.start())),
+                    None => return Attempt::Failed(LocalReason::NoHealthyUpstream, false),
                 }
-                // Dropping the future cancels the upstream attempt.
-                return Attempt::Failed(LocalReason::Timeout, true);
             }
-        },
-        None => send.await,
-    };
-    match result {
-        Ok((resp, pool_return)) => {
-            let status = resp.status().as_u16();
-            if let Some((t, child, start, host)) = span {
-                client_span(template, plan.h2, t, child, (start, host), addr, Ok(status));
+        };
+        *used = Some(addr);
+        let pool = upstream.pools.get(addr);
+        // Built in a block so that the request, once moved to the pool, takes no room in this
+        // future while the attempt is in flight.
+        let (req, span) = {
+            let mut req = template.request(body, plan.h2, keep_headers);
+            let span = template.trace.as_ref().map(|t| {
+                let child = t.request.child();
+                inject(&child, req.headers_mut(), t.request.formats);
+                // Read before the request (and its headers) goes to the pool.
+                let host = if t.record {
+                    span_host(template, req.headers())
+                } else {
+                    None
+                };
+                (t, child, unix_nanos(), host)
+            });
+            (req, span)
+        };
+        let now = clock.unwrap_or_else(tokio::time::Instant::now);
+        let try_deadline = match (plan.retry.per_retry_timeout, deadline) {
+            (Some(t), Some(d)) => Some(d.min(now + t)),
+            (Some(t), None) => Some(now + t),
+            (None, d) => d,
+        };
+        upstream.stats.rq_total.increment(1);
+        // The upstream time (stats, balancer latency) starts here, not at the downstream request.
+        let started = Instant::now();
+        let send = pool.send(plan.h2, req, upstream.connect_timeout());
+        let result = match try_deadline {
+            Some(d) => match timeout_at(d, send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if let Some((t, child, start, host)) = span {
+                        client_span(
+                            template,
+                            plan.h2,
+                            t,
+                            child,
+                            (start, host),
+                            addr,
+                            Err("timeout"),
+                        );
+                    }
+                    // Dropping the future cancels the upstream attempt.
+                    return Attempt::Failed(LocalReason::Timeout, true);
+                }
+            },
+            None => send.await,
+        };
+        match result {
+            Ok((resp, pool_return)) => {
+                let status = resp.status().as_u16();
+                if let Some((t, child, start, host)) = span {
+                    client_span(template, plan.h2, t, child, (start, host), addr, Ok(status));
+                }
+                let elapsed = started.elapsed();
+                upstream.stats.record_response_elapsed(status, elapsed);
+                if let Some(g) = guard {
+                    if status >= 500 {
+                        upstream.record_outlier_error(g.endpoint());
+                    }
+                    g.finish(elapsed);
+                }
+                Attempt::Response(resp, pool_return)
             }
-            let elapsed = started.elapsed();
-            upstream.stats.record_response_elapsed(status, elapsed);
-            if let Some(g) = guard {
-                if status >= 500 {
+            Err(err) => {
+                tracing::debug!(cluster = upstream.name(), %addr, error = %err, "upstream attempt failed");
+                if let Some(g) = &guard {
                     upstream.record_outlier_error(g.endpoint());
                 }
-                g.finish(elapsed);
-            }
-            Attempt::Response(resp, pool_return)
-        }
-        Err(err) => {
-            tracing::debug!(cluster = upstream.name(), %addr, error = %err, "upstream attempt failed");
-            if let Some(g) = &guard {
-                upstream.record_outlier_error(g.endpoint());
-            }
-            let retriable = retry_on_error(&plan.retry, &err);
-            let reason = if err.is_connect_failure() {
-                LocalReason::ConnectFailure
-            } else {
-                LocalReason::UpstreamReset
-            };
-            if let Some((t, child, start, host)) = span {
-                let kind = if reason == LocalReason::ConnectFailure {
-                    "connect_failure"
+                let retriable = retry_on_error(&plan.retry, &err);
+                let reason = if err.is_connect_failure() {
+                    LocalReason::ConnectFailure
                 } else {
-                    "upstream_reset"
+                    LocalReason::UpstreamReset
                 };
-                client_span(template, plan.h2, t, child, (start, host), addr, Err(kind));
+                if let Some((t, child, start, host)) = span {
+                    let kind = if reason == LocalReason::ConnectFailure {
+                        "connect_failure"
+                    } else {
+                        "upstream_reset"
+                    };
+                    client_span(template, plan.h2, t, child, (start, host), addr, Err(kind));
+                }
+                Attempt::Failed(reason, retriable)
             }
-            Attempt::Failed(reason, retriable)
         }
     }
 }

@@ -1,11 +1,12 @@
 //! `outrider explain`: which listener, route, targets, timeouts and retry policy one request
-//! would get, step by step, without running the proxy.
+//! would get, step by step, without running the proxy. With `--gateway`, a request arriving on
+//! the virtual gateway's listener.
 
-use std::net::ToSocketAddrs;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
 use clap::Args;
-use outrider_http::{ExplainRequest, explain_snapshot};
+use outrider_http::{ExplainRequest, explain_snapshot_with};
 
 use crate::SpecArgs;
 
@@ -16,12 +17,17 @@ pub struct ExplainArgs {
     /// Explain an inbound request (ingress, listener 15000) redirected from app port --port.
     #[arg(long, requires = "port")]
     pub ingress: bool,
-    /// With --ingress: the app port the request was sent to.
+    /// With --ingress: the app port the request was sent to. With --gateway: the gateway
+    /// listener's port (default: the URL's port).
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
     /// Do not look the endpoints up through the system resolver.
     #[arg(long)]
     pub no_resolve: bool,
+    /// The connection's original destination address: picks among TCP virtual services that
+    /// share the URL's port, as the proxy does. Default: the URL's host when it is an address.
+    #[arg(long, value_name = "IP")]
+    pub dst: Option<IpAddr>,
     /// A request header, `Name: value`; repeatable.
     #[arg(short = 'H', long = "header", value_name = "'K: V'")]
     pub headers: Vec<String>,
@@ -42,18 +48,22 @@ pub fn run(args: ExplainArgs) -> ExitCode {
     if args.spec.config.is_empty() {
         return fail("give at least one --config PATH");
     }
-    if args.spec.gateway.is_some() {
-        return fail("explain covers virtual nodes; give --node");
-    }
     let selector = match args.spec.selector() {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let ingress_port = if args.ingress { args.port } else { None };
-    let req = match ExplainRequest::parse(&args.method, &args.url, &args.headers, ingress_port) {
+    // A gateway's listener port needs no --ingress: every request to a gateway is inbound.
+    let ingress_port = if args.ingress || args.spec.gateway.is_some() {
+        args.port
+    } else {
+        None
+    };
+    let mut req = match ExplainRequest::parse(&args.method, &args.url, &args.headers, ingress_port)
+    {
         Ok(r) => r,
         Err(e) => return fail(&e.to_string()),
     };
+    req.dst = args.dst;
     let built = match outrider_config::build(&args.spec.config, &selector) {
         Ok(b) => b,
         Err(problems) => {
@@ -63,7 +73,18 @@ pub fn run(args: ExplainArgs) -> ExitCode {
             return fail("configuration refused");
         }
     };
-    let mut ex = explain_snapshot(&built.snapshot, &req);
+    // TCP services sharing a port are told apart by the addresses their names resolve to,
+    // which the proxy keeps watching; here they are resolved once.
+    let no_resolve = args.no_resolve;
+    let mut ex = explain_snapshot_with(&built.snapshot, &req, |name| {
+        if no_resolve {
+            return None;
+        }
+        (name, 0)
+            .to_socket_addrs()
+            .ok()
+            .map(|addrs| addrs.map(|a| a.ip()).collect())
+    });
     if !args.no_resolve {
         ex.fill_resolved(|host, port| {
             (host, port)

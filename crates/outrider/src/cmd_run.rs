@@ -179,6 +179,8 @@ fn admin_addr(flag: Option<SocketAddr>) -> Result<SocketAddr, String> {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
+    // Before any thread starts, so helper threads share arenas instead of adding their own.
+    outrider_app::limit_malloc_arenas();
     let format = match args.log_format {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
@@ -318,6 +320,8 @@ async fn serve(opts: ProxyOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Start-up is over: the heap its parsers and compilers used goes back to the kernel.
+    outrider_app::release_startup_memory();
     let addrs = proxy.addrs();
     eprintln!(
         "outrider: ingress {} egress {} admin {}",

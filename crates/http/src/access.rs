@@ -102,7 +102,7 @@ pub(crate) struct Pending {
     pub bytes_received: u64,
     pub response_headers: HeaderMap,
     pub status: u16,
-    pub flags: &'static str,
+    pub flags: std::borrow::Cow<'static, str>,
     pub first_byte: Duration,
     pub upstream_host: Option<SocketAddr>,
     pub cluster: Option<String>,
@@ -122,10 +122,10 @@ impl Pending {
             _ => "HTTP/1.1",
         };
         let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let flags = match (self.flags.is_empty(), complete) {
+        let flags: &str = match (self.flags.is_empty(), complete) {
             (true, true) => "",
             (true, false) => "DC",
-            (false, _) => self.flags,
+            (false, _) => &self.flags,
         };
         let mut rec = Record::new(self.start_wall, &self.request_headers);
         rec.method = Some(self.method.as_str());

@@ -305,10 +305,17 @@ async fn handle_with_log(
     let bytes_received = req.body().size_hint().exact().unwrap_or(0);
     let mut trail = Trail::default();
     let mut resp = handle_inner(ctx, conn, runtime, req, Some(&mut trail), traced).await;
-    let flags = resp
+    let local = resp
         .extensions()
         .get::<LocalReason>()
         .map_or("", |r| r.flag());
+    // `NRB` (Outrider's own flag): a retry was due, but the body was too large to replay.
+    let flags: std::borrow::Cow<'static, str> =
+        match (local, resp.extensions().get::<RetrySkipped>()) {
+            (l, None) => l.into(),
+            ("", Some(_)) => "NRB".into(),
+            (l, Some(_)) => format!("{l},NRB").into(),
+        };
     let pending = crate::access::Pending {
         log,
         start_wall,

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{H1, H2, client, h1_request, local_node, mesh, router, service_router, start, stream};
+use common::{
+    CLIENT, H1, H2, client, h1_request, local_node, mesh, router, service_router, start, stream,
+};
 use http::{Method, StatusCode};
 use outrider_test_support::faults::FaultServer;
 use outrider_test_support::servers::grpc_frame;
@@ -138,7 +140,21 @@ async fn retry_storm_is_bounded_by_the_budget() {
 async fn large_body_is_not_retried_and_is_flagged() {
     let up = FaultServer::start("big").await.unwrap();
     up.faults().fail_first.store(1, Ordering::SeqCst);
-    let spec = routed("big.local", "bignode", up.addr().port(), RETRY3);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    // The client node with an access log that shows the response flags.
+    let client_with_log = format!(
+        "meshName: m\nvirtualNodeName: {CLIENT}\nspec:\n  backends: [{{virtualService: {{virtualServiceName: big.local}}}}]\n  listeners: []\n  logging: {{accessLog: {{file: {{path: {}, format: {{text: \"%RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}}}}}\n",
+        log.display()
+    );
+    let spec = stream(&[
+        mesh("DROP_ALL"),
+        client_with_log,
+        local_node("bignode", up.addr().port(), "http"),
+        router("r", &[(8080, "http")]),
+        service_router("big.local", "r"),
+        route_with("bignode", RETRY3),
+    ]);
     let proxy = start(&spec).await;
     let mut c = H1::connect(proxy.addrs().egress).await;
     let mut req = h1_request(Method::POST, "big.local", "/", &[]);
@@ -146,6 +162,16 @@ async fn large_body_is_not_retried_and_is_flagged() {
     let r = c.send(req).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.hits(), 1);
+    // The access log says why the 503 was not retried.
+    let mut line = String::new();
+    for _ in 0..100 {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(line.trim(), "503 NRB");
     proxy.shutdown(GRACE).await;
 }
 

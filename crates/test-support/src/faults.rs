@@ -62,7 +62,13 @@ type Body = BoxBody<Bytes, std::io::Error>;
 impl FaultServer {
     /// Binds 127.0.0.1:0 and serves HTTP/1.1 and h2c, answering 200 with `x-served-by: name`.
     pub async fn start(name: &str) -> std::io::Result<FaultServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name).await
+    }
+
+    /// [`FaultServer::start`] on a chosen address (e.g. 127.0.0.2 with another server's port,
+    /// so two endpoints share a port as a DNS name's addresses do).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<FaultServer> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(Faults::default());
         let hits = Arc::new(AtomicU64::new(0));

@@ -7,4 +7,7 @@ mod writer;
 
 pub use format::{Format, FormatError};
 pub use record::Record;
-pub use writer::{DEFAULT_QUEUE_CAPACITY, DEFAULT_REOPEN_CHECK_INTERVAL, Writer, WriterOptions};
+pub use writer::{
+    DEFAULT_FLUSH_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_REOPEN_CHECK_INTERVAL, Writer,
+    WriterOptions,
+};

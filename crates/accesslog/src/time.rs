@@ -133,25 +133,60 @@ fn lit_flush(lit: &mut String, pieces: &mut Vec<TimePiece>) {
     }
 }
 
+/// Decimal digits of a number, zero-padded to a width, formatted on the stack: the numbers of
+/// a log line without the `fmt` machinery (several times cheaper per field).
+pub(crate) struct Digits {
+    buf: [u8; MAX_DIGITS],
+    start: usize,
+}
+
+/// `u64::MAX` has 20 digits.
+const MAX_DIGITS: usize = 20;
+
+impl Digits {
+    /// `n` with at least `width` digits (at most 20).
+    pub(crate) fn new(mut n: u64, width: usize) -> Digits {
+        let mut buf = [b'0'; MAX_DIGITS];
+        let mut start = MAX_DIGITS;
+        while n > 0 {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        // The buffer is pre-filled with zeros, so padding only moves the start.
+        start = start.min(MAX_DIGITS - width.clamp(1, MAX_DIGITS));
+        Digits { buf, start }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or_default()
+    }
+}
+
 /// Renders `t` in UTC through `out`. Times before the epoch render as the epoch.
 pub(crate) fn render<W: std::fmt::Write>(pieces: &[TimePiece], t: SystemTime, out: &mut W) {
     let c = civil(t);
+    fn num<W: std::fmt::Write>(out: &mut W, n: u64, width: usize) -> std::fmt::Result {
+        out.write_str(Digits::new(n, width).as_str())
+    }
     for p in pieces {
         // Writing into a String-backed sink cannot fail.
         let _ = match p {
             TimePiece::Lit(s) => out.write_str(s),
-            TimePiece::Year => write!(out, "{:04}", c.year),
-            TimePiece::Month => write!(out, "{:02}", c.month),
-            TimePiece::Day => write!(out, "{:02}", c.day),
-            TimePiece::Hour => write!(out, "{:02}", c.hour),
-            TimePiece::Minute => write!(out, "{:02}", c.minute),
-            TimePiece::Second => write!(out, "{:02}", c.second),
+            TimePiece::Year => num(out, c.year.max(0) as u64, 4),
+            TimePiece::Month => num(out, u64::from(c.month), 2),
+            TimePiece::Day => num(out, u64::from(c.day), 2),
+            TimePiece::Hour => num(out, u64::from(c.hour), 2),
+            TimePiece::Minute => num(out, u64::from(c.minute), 2),
+            TimePiece::Second => num(out, u64::from(c.second), 2),
             TimePiece::Frac(n) => write_frac(out, c.nanos, *n),
             TimePiece::SecondsFrac(n) => {
-                let _ = write!(out, "{:02}.", c.second);
+                let _ = num(out, u64::from(c.second), 2);
+                let _ = out.write_str(".");
                 write_frac(out, c.nanos, *n)
             }
-            TimePiece::Epoch => write!(out, "{}", c.epoch),
+            TimePiece::Epoch => num(out, c.epoch, 1),
             TimePiece::Offset => out.write_str("+0000"),
             TimePiece::Zone => out.write_str("UTC"),
         };
@@ -159,9 +194,9 @@ pub(crate) fn render<W: std::fmt::Write>(pieces: &[TimePiece], t: SystemTime, ou
 }
 
 fn write_frac<W: std::fmt::Write>(out: &mut W, nanos: u32, digits: u8) -> std::fmt::Result {
-    let digits = u32::from(digits.clamp(1, 9));
-    let value = nanos / 10u32.pow(9 - digits);
-    write!(out, "{:0width$}", value, width = digits as usize)
+    let digits = digits.clamp(1, 9);
+    let value = nanos / 10u32.pow(9 - u32::from(digits));
+    out.write_str(Digits::new(u64::from(value), usize::from(digits)).as_str())
 }
 
 fn civil(t: SystemTime) -> Civil {
@@ -232,6 +267,22 @@ mod tests {
             show(&parse("%F").unwrap(), at(4_102_444_800, 0)),
             "2100-01-01"
         );
+    }
+
+    #[test]
+    fn digits_match_std_formatting() {
+        for (n, w) in [
+            (0u64, 1),
+            (0, 4),
+            (7, 2),
+            (42, 1),
+            (1_000, 2),
+            (u64::MAX, 1),
+            (5, 25),
+        ] {
+            let want = format!("{n:0w$}", w = w.min(MAX_DIGITS));
+            assert_eq!(Digits::new(n, w).as_str(), want, "{n} {w}");
+        }
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! A bounded queue in front of a dedicated writer thread: the request path never blocks on disk,
-//! and when the disk cannot keep up lines are dropped and counted instead.
+//! and when the disk cannot keep up lines are dropped and counted instead. The thread is not
+//! woken per line (a wake-up costs the request thread a syscall and the writer a context switch):
+//! it wakes every flush interval, or early when a batch worth writing is waiting.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 /// Lines the queue holds before new lines are dropped. Default is 4096.
@@ -16,8 +18,13 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 /// How often the writer checks whether its file was rotated away. Default is 1 s.
 pub const DEFAULT_REOPEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a queued line may wait before the writer thread wakes and writes it. Default is
+/// 100 ms.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Lines written before the buffer is flushed even if more are queued, so a steady stream still
-/// reaches the file promptly.
+/// reaches the file promptly. Also the queue length that wakes the writer before its interval
+/// (half the queue when that is smaller).
 const MAX_BATCH_LINES: usize = 512;
 
 /// Buffer size of the file writer.
@@ -33,6 +40,9 @@ pub struct WriterOptions {
     pub queue_capacity: usize,
     /// Rotation check period for files. Default is [`DEFAULT_REOPEN_CHECK_INTERVAL`].
     pub reopen_check_interval: Duration,
+    /// Longest wait of a queued line before it is written. Default is
+    /// [`DEFAULT_FLUSH_INTERVAL`].
+    pub flush_interval: Duration,
 }
 
 /// An access log destination. `log` never blocks; dropping the writer flushes every queued line
@@ -41,7 +51,21 @@ pub struct Writer {
     tx: Option<SyncSender<String>>,
     dropped: Arc<AtomicU64>,
     dropped_metric: metrics::Counter,
+    /// Lines queued and not yet taken by the writer thread (counted before the push, so never
+    /// below the queue's length).
+    pending: Arc<AtomicUsize>,
+    /// Queue length at which the writer thread is woken early.
+    wake_at: usize,
+    /// The writer thread, to unpark.
+    waker: Thread,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The writer thread's periods.
+#[derive(Clone, Copy)]
+struct Timing {
+    reopen_check: Duration,
+    flush: Duration,
 }
 
 /// Where lines end up.
@@ -63,6 +87,7 @@ impl Default for WriterOptions {
         WriterOptions {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             reopen_check_interval: DEFAULT_REOPEN_CHECK_INTERVAL,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
         }
     }
 }
@@ -90,29 +115,39 @@ impl Writer {
     }
 
     fn spawn(sink: Sink, opts: &WriterOptions) -> io::Result<Writer> {
-        let (tx, rx) = mpsc::sync_channel(opts.queue_capacity.max(1));
-        let interval = opts.reopen_check_interval;
+        let capacity = opts.queue_capacity.max(1);
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let timing = Timing {
+            reopen_check: opts.reopen_check_interval,
+            flush: opts.flush_interval,
+        };
+        let taken = pending.clone();
         let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || run(sink, rx, interval))?;
+            .spawn(move || run(sink, rx, &taken, timing))?;
         Ok(Writer {
             tx: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
             dropped_metric: metrics::counter!(DROPPED_METRIC),
+            pending,
+            wake_at: (capacity / 2).clamp(1, MAX_BATCH_LINES),
+            waker: thread.thread().clone(),
             thread: Some(thread),
         })
     }
 
     /// Queues one line (a newline is added when missing). Never blocks: when the queue is full
-    /// the line is dropped and counted.
+    /// the line is dropped and counted. The line reaches the sink within the flush interval.
     pub fn log(&self, line: String) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.dropped_metric.increment(1);
-            }
+        let before = self.pending.fetch_add(1, Ordering::Relaxed);
+        if tx.try_send(line).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_metric.increment(1);
+        } else if before + 1 == self.wake_at {
+            self.waker.unpark();
         }
     }
 
@@ -126,6 +161,7 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Closing the channel lets the thread drain the queue, flush and exit.
         self.tx.take();
+        self.waker.unpark();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -180,33 +216,49 @@ impl Sink {
     }
 }
 
-/// The writer thread: batch what is queued, flush, check for rotation now and then.
-fn run(mut sink: Sink, rx: Receiver<String>, interval: Duration) {
+/// The writer thread: sleep until the flush interval passes or the writer wakes it, write what
+/// is queued, flush, check for rotation now and then.
+fn run(mut sink: Sink, rx: Receiver<String>, pending: &AtomicUsize, timing: Timing) {
     let mut last_check = Instant::now();
     let mut failing = false;
     loop {
-        let first = match rx.recv_timeout(interval) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        if let Some(first) = first {
-            let mut result = write_line(sink.writer(), &first);
-            let mut n = 1;
+        let mut closed = false;
+        // Batches of at most MAX_BATCH_LINES, each flushed, until the queue is empty.
+        loop {
+            let mut n = 0;
+            let mut result = Ok(());
             while n < MAX_BATCH_LINES {
-                let Ok(line) = rx.try_recv() else { break };
-                result = result.and(write_line(sink.writer(), &line));
-                n += 1;
+                match rx.try_recv() {
+                    Ok(line) => {
+                        result = result.and(write_line(sink.writer(), &line));
+                        n += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
             }
-            result = result.and(sink.writer().flush());
-            report(&mut failing, result);
+            if n == 0 {
+                break;
+            }
+            pending.fetch_sub(n, Ordering::Relaxed);
+            report(&mut failing, result.and(sink.writer().flush()));
+            if n < MAX_BATCH_LINES {
+                break;
+            }
         }
-        if last_check.elapsed() >= interval {
+        if closed {
+            break;
+        }
+        if last_check.elapsed() >= timing.reopen_check {
             last_check = Instant::now();
             if let Sink::File(f) = &mut sink {
                 report(&mut failing, f.reopen_if_rotated());
             }
         }
+        std::thread::park_timeout(timing.flush.min(timing.reopen_check));
     }
     let _ = sink.writer().flush();
 }

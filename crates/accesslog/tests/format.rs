@@ -266,6 +266,9 @@ fn write_appends_without_touching_existing_output() {
 #[test]
 fn non_ascii_after_percent_is_an_error_not_a_panic() {
     for pattern in ["R%\u{6ec}%R%", "%é", "%\u{1F600}%", "a%ß(x)%"] {
-        assert!(outrider_accesslog::Format::text(pattern).is_err(), "{pattern:?}");
+        assert!(
+            outrider_accesslog::Format::text(pattern).is_err(),
+            "{pattern:?}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// W3C trace context header.
@@ -25,6 +26,15 @@ pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 pub const X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Room for the longest value written: the X-Ray header, 74 bytes with `;Sampled=`.
+const MAX_VALUE_LEN: usize = 80;
+
+/// Headers `inject` may add: traceparent, b3, four X-B3 headers, X-Amzn-Trace-Id.
+const MAX_INJECTED: usize = 7;
+
+/// Bytes of every value `inject` writes (traceparent 55, b3 68, X-B3 ids 32 + 16 + 16, X-Ray 74).
+const INJECT_ARENA_BYTES: usize = 264;
 
 /// The trace a request belongs to and the span that sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,50 +120,108 @@ impl TraceContext {
 
     /// `00-<trace>-<span>-<flags>`.
     pub fn traceparent(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.span_id);
-        s.push_str(if self.sampled == Some(true) {
-            "-01"
-        } else {
-            "-00"
-        });
-        s
+        let mut b = ValueBuf::new();
+        self.write_traceparent(&mut b);
+        b.as_str().to_string()
     }
 
     /// `<trace>-<span>[-<1|0>[-<parent>]]`.
     pub fn b3_single(&self) -> String {
-        let mut s = String::with_capacity(70);
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.span_id);
-        if let Some(sampled) = self.sampled {
-            s.push_str(if sampled { "-1" } else { "-0" });
-            if let Some(parent) = &self.parent_span_id {
-                s.push('-');
-                push_hex(&mut s, parent);
-            }
-        }
-        s
+        let mut b = ValueBuf::new();
+        self.write_b3_single(&mut b);
+        b.as_str().to_string()
     }
 
     /// `Root=1-<8 hex>-<24 hex>;Parent=<16 hex>[;Sampled=<1|0>]`.
     pub fn xray(&self) -> String {
-        let mut s = String::with_capacity(80);
-        s.push_str("Root=1-");
-        push_hex(&mut s, &self.trace_id[..4]);
-        s.push('-');
-        push_hex(&mut s, &self.trace_id[4..]);
-        s.push_str(";Parent=");
-        push_hex(&mut s, &self.span_id);
+        let mut b = ValueBuf::new();
+        self.write_xray(&mut b);
+        b.as_str().to_string()
+    }
+
+    fn write_traceparent(&self, b: &mut ValueBuf) {
+        b.push(b"00-");
+        b.push_hex(&self.trace_id);
+        b.push(b"-");
+        b.push_hex(&self.span_id);
+        b.push(if self.sampled == Some(true) {
+            b"-01"
+        } else {
+            b"-00"
+        });
+    }
+
+    fn write_b3_single(&self, b: &mut ValueBuf) {
+        b.push_hex(&self.trace_id);
+        b.push(b"-");
+        b.push_hex(&self.span_id);
+        if let Some(sampled) = self.sampled {
+            b.push(if sampled { b"-1" } else { b"-0" });
+            if let Some(parent) = &self.parent_span_id {
+                b.push(b"-");
+                b.push_hex(parent);
+            }
+        }
+    }
+
+    fn write_xray(&self, b: &mut ValueBuf) {
+        b.push(b"Root=1-");
+        b.push_hex(&self.trace_id[..4]);
+        b.push(b"-");
+        b.push_hex(&self.trace_id[4..]);
+        b.push(b";Parent=");
+        b.push_hex(&self.span_id);
         match self.sampled {
-            Some(true) => s.push_str(";Sampled=1"),
-            Some(false) => s.push_str(";Sampled=0"),
+            Some(true) => b.push(b";Sampled=1"),
+            Some(false) => b.push(b";Sampled=0"),
             None => {}
         }
-        s
+    }
+}
+
+/// A header value formatted on the stack, so writing trace headers allocates only the
+/// `HeaderValue` itself.
+struct ValueBuf {
+    bytes: [u8; MAX_VALUE_LEN],
+    len: usize,
+}
+
+impl ValueBuf {
+    fn new() -> Self {
+        ValueBuf {
+            bytes: [0; MAX_VALUE_LEN],
+            len: 0,
+        }
+    }
+
+    fn clear(&mut self) -> &mut Self {
+        self.len = 0;
+        self
+    }
+
+    /// Appends what fits; every value written here is shorter than the buffer by construction.
+    fn push(&mut self, s: &[u8]) {
+        let end = (self.len + s.len()).min(MAX_VALUE_LEN);
+        let n = end - self.len;
+        self.bytes[self.len..end].copy_from_slice(&s[..n]);
+        self.len = end;
+    }
+
+    fn push_hex(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.push(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]]);
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever pushed.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+
+    /// The value, carved out of `arena` so the values of one `inject` share an allocation.
+    fn value(&self, arena: &mut BytesMut) -> Option<HeaderValue> {
+        arena.extend_from_slice(&self.bytes[..self.len]);
+        HeaderValue::from_maybe_shared(arena.split().freeze()).ok()
     }
 }
 
@@ -167,33 +235,44 @@ pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
 
 /// Writes `ctx` in each configured format, replacing any previous values of those headers.
 pub fn inject(ctx: &TraceContext, headers: &mut HeaderMap, formats: TraceFormats) {
-    let mut set = |name: HeaderName, value: String| {
+    let mut buf = ValueBuf::new();
+    let mut arena = BytesMut::with_capacity(INJECT_ARENA_BYTES);
+    // One growth of the map at most, instead of one per header added.
+    headers.reserve(MAX_INJECTED);
+    let mut set = |name: HeaderName, value: Option<HeaderValue>| {
         // Hex and fixed punctuation are always valid header bytes.
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Some(v) = value {
             headers.insert(name, v);
         }
     };
     if formats.w3c {
-        set(TRACEPARENT, ctx.traceparent());
+        ctx.write_traceparent(buf.clear());
+        set(TRACEPARENT, buf.value(&mut arena));
         if let Some(state) = &ctx.tracestate {
-            set(TRACESTATE, state.clone());
+            set(TRACESTATE, HeaderValue::from_str(state).ok());
         }
     }
     if formats.b3_single {
-        set(B3, ctx.b3_single());
+        ctx.write_b3_single(buf.clear());
+        set(B3, buf.value(&mut arena));
     }
     if formats.b3_multi {
-        set(X_B3_TRACE_ID, hex_string(&ctx.trace_id));
-        set(X_B3_SPAN_ID, hex_string(&ctx.span_id));
+        buf.clear().push_hex(&ctx.trace_id);
+        set(X_B3_TRACE_ID, buf.value(&mut arena));
+        buf.clear().push_hex(&ctx.span_id);
+        set(X_B3_SPAN_ID, buf.value(&mut arena));
         if let Some(p) = &ctx.parent_span_id {
-            set(X_B3_PARENT_SPAN_ID, hex_string(p));
+            buf.clear().push_hex(p);
+            set(X_B3_PARENT_SPAN_ID, buf.value(&mut arena));
         }
         if let Some(s) = ctx.sampled {
-            set(X_B3_SAMPLED, if s { "1" } else { "0" }.to_string());
+            let v = HeaderValue::from_static(if s { "1" } else { "0" });
+            set(X_B3_SAMPLED, Some(v));
         }
     }
     if formats.xray {
-        set(X_AMZN_TRACE_ID, ctx.xray());
+        ctx.write_xray(buf.clear());
+        set(X_AMZN_TRACE_ID, buf.value(&mut arena));
     }
     if formats.b3_multi {
         // A stale parent or debug flag would contradict the new span.
@@ -384,22 +463,15 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn push_hex(s: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 0x0f)] as char);
-    }
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut s, bytes);
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex_string(bytes: &[u8]) -> String {
+        let mut b = ValueBuf::new();
+        b.push_hex(bytes);
+        b.as_str().to_string()
+    }
 
     fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

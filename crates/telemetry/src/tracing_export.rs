@@ -6,6 +6,7 @@ pub mod xray;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -13,7 +14,8 @@ use http::{HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::trace_context::{
     B3, TRACEPARENT, TraceContext, TraceFormats, X_AMZN_TRACE_ID, X_B3_TRACE_ID, extract,
@@ -41,6 +43,8 @@ pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const OTLP_HTTP_TRACES_PATH: &str = "/v1/traces";
 /// OTLP/gRPC method path.
 pub const OTLP_GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// Name of the OTLP exporter's thread.
+const OTLP_THREAD_NAME: &str = "otlp-export";
 /// Service name when neither `OTEL_SERVICE_NAME` nor a virtual node name is known.
 pub const DEFAULT_SERVICE_NAME: &str = "outrider";
 
@@ -349,7 +353,20 @@ impl SpanKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
     Str(String),
+    /// A constant string (method, protocol version): recorded without an allocation.
+    Static(&'static str),
     Int(i64),
+}
+
+impl AttrValue {
+    /// The string of a `Str` or `Static` value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            AttrValue::Static(s) => Some(s),
+            AttrValue::Int(_) => None,
+        }
+    }
 }
 
 /// A span that has ended, ready to export.
@@ -375,8 +392,26 @@ pub fn unix_nanos() -> u64 {
 }
 
 enum Msg {
-    Span(Box<FinishedSpan>),
+    Span(FinishedSpan),
     Flush(oneshot::Sender<()>),
+}
+
+/// The request side of the OTLP exporter. The exporter runs on its own thread and is not woken
+/// per span: it drains the queue every flush interval, or early when a full batch is waiting or
+/// a flush was asked for, so recording a span costs a queue push and an atomic add.
+struct OtlpQueue {
+    /// None once the tracer is dropped, which tells the exporter to drain and stop.
+    tx: Option<mpsc::Sender<Msg>>,
+    signal: Arc<Signal>,
+    batch_size: usize,
+}
+
+/// Shared between the recording side and the exporter thread.
+struct Signal {
+    /// Spans pushed and not yet taken by the exporter (counted before the push, so never below
+    /// the queue's length).
+    pending: AtomicUsize,
+    wake: Notify,
 }
 
 /// The per-process tracer: sampling, header formats, and the export queues.
@@ -384,7 +419,7 @@ pub struct Tracer {
     sampler: Sampler,
     xray: bool,
     /// OTLP exporter.
-    queue: Option<mpsc::Sender<Msg>>,
+    queue: Option<OtlpQueue>,
     /// X-Ray daemon exporter.
     xray_queue: Option<mpsc::Sender<Msg>>,
 }
@@ -431,14 +466,24 @@ impl RequestTrace {
 }
 
 impl Tracer {
-    /// Starts the tracer; with OTLP or an X-Ray daemon configured, spawns their exporter tasks
-    /// on the current Tokio runtime (so call it from inside one).
+    /// Starts the tracer. With OTLP configured, the exporter (batch encoding and HTTP) runs on
+    /// its own thread with a small current-thread runtime, so it never shares a worker's thread.
+    /// With an X-Ray daemon configured, its exporter task is spawned on the current Tokio
+    /// runtime (so call it from inside one).
     pub fn start(opts: &TracingOptions) -> Arc<Tracer> {
         let queue = opts.otlp.as_ref().map(|otlp| {
             let (tx, rx) = mpsc::channel(otlp.queue_capacity.max(1));
+            let signal = Arc::new(Signal {
+                pending: AtomicUsize::new(0),
+                wake: Notify::new(),
+            });
             let exporter = Exporter::new(otlp.clone(), &opts.service_name);
-            tokio::spawn(exporter.run(rx));
-            tx
+            spawn_exporter(exporter.run(rx, signal.clone()));
+            OtlpQueue {
+                tx: Some(tx),
+                signal,
+                batch_size: otlp.batch_size.max(1),
+            }
         });
         let xray_queue = opts.xray_daemon.as_ref().map(|daemon| {
             let (tx, rx) = mpsc::channel(daemon.queue_capacity.max(1));
@@ -494,9 +539,10 @@ impl Tracer {
         match (&self.queue, &self.xray_queue) {
             (Some(otlp), Some(xray)) => {
                 enqueue(xray, span.clone());
-                enqueue(otlp, span);
+                otlp.push(span);
             }
-            (Some(q), None) | (None, Some(q)) => enqueue(q, span),
+            (Some(otlp), None) => otlp.push(span),
+            (None, Some(xray)) => enqueue(xray, span),
             (None, None) => {}
         }
     }
@@ -504,11 +550,21 @@ impl Tracer {
     /// Exports every span queued so far; returns when the collector and the X-Ray daemon
     /// exporter are done, or `timeout` passed.
     pub async fn flush(&self, timeout: Duration) {
-        let queues = [&self.queue, &self.xray_queue];
+        let otlp = self
+            .queue
+            .as_ref()
+            .and_then(|q| q.tx.as_ref().map(|tx| (tx, &q.signal)));
         let _ = tokio::time::timeout(timeout, async {
-            for queue in queues.into_iter().flatten() {
-                let (tx, rx) = oneshot::channel();
-                if queue.send(Msg::Flush(tx)).await.is_ok() {
+            if let Some((tx, signal)) = otlp {
+                let (done, rx) = oneshot::channel();
+                if tx.send(Msg::Flush(done)).await.is_ok() {
+                    signal.wake.notify_one();
+                    let _ = rx.await;
+                }
+            }
+            if let Some(queue) = &self.xray_queue {
+                let (done, rx) = oneshot::channel();
+                if queue.send(Msg::Flush(done)).await.is_ok() {
                     let _ = rx.await;
                 }
             }
@@ -517,9 +573,56 @@ impl Tracer {
     }
 }
 
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(q) = &mut self.queue {
+            // Closing the queue first, then waking, lets the exporter drain, send and stop.
+            q.tx.take();
+            q.signal.wake.notify_one();
+        }
+    }
+}
+
+impl OtlpQueue {
+    /// Never waits; wakes the exporter only when a full batch is waiting.
+    fn push(&self, span: FinishedSpan) {
+        let Some(tx) = &self.tx else { return };
+        let before = self.signal.pending.fetch_add(1, Ordering::Relaxed);
+        if tx.try_send(Msg::Span(span)).is_err() {
+            self.signal.pending.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!(SPANS_DROPPED_TOTAL).increment(1);
+        } else if before + 1 == self.batch_size {
+            self.signal.wake.notify_one();
+        }
+    }
+}
+
 fn enqueue(queue: &mpsc::Sender<Msg>, span: FinishedSpan) {
-    if queue.try_send(Msg::Span(Box::new(span))).is_err() {
+    if queue.try_send(Msg::Span(span)).is_err() {
         metrics::counter!(SPANS_DROPPED_TOTAL).increment(1);
+    }
+}
+
+/// Runs the exporter on a thread of its own. Should the thread or its runtime not be had, it
+/// runs on the caller's runtime instead (as a task sharing the workers' threads).
+fn spawn_exporter(fut: impl Future<Output = ()> + Send + 'static) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime for the OTLP exporter thread; using a task");
+            tokio::spawn(fut);
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name(OTLP_THREAD_NAME.into())
+        .spawn(move || rt.block_on(fut));
+    if let Err(e) = spawned {
+        // The future went with the closure; without an exporter every span is dropped.
+        tracing::warn!(error = %e, "OTLP exporter thread not started; spans are not exported");
     }
 }
 
@@ -588,30 +691,44 @@ impl Exporter {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    /// Drains the queue when woken (a full batch, a flush, the tracer dropped) or every flush
+    /// interval, and sends what it took; returns once the queue is closed and empty.
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, signal: Arc<Signal>) {
         let batch_size = self.opts.batch_size.max(1);
         let mut batch: Vec<FinishedSpan> = Vec::with_capacity(batch_size);
         let mut tick = tokio::time::interval(self.opts.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; nothing is queued yet.
+        tick.tick().await;
         loop {
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(Msg::Span(span)) => {
-                        batch.push(*span);
+            let ticked = tokio::select! {
+                _ = signal.wake.notified() => false,
+                _ = tick.tick() => true,
+            };
+            let mut taken = 0;
+            let closed = loop {
+                match rx.try_recv() {
+                    Ok(Msg::Span(span)) => {
+                        taken += 1;
+                        batch.push(span);
                         if batch.len() >= batch_size {
                             self.send(&mut batch).await;
                         }
                     }
-                    Some(Msg::Flush(done)) => {
+                    Ok(Msg::Flush(done)) => {
                         self.send(&mut batch).await;
                         let _ = done.send(());
                     }
-                    None => {
-                        self.send(&mut batch).await;
-                        return;
-                    }
-                },
-                _ = tick.tick() => self.send(&mut batch).await,
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
+                }
+            };
+            signal.pending.fetch_sub(taken, Ordering::Relaxed);
+            if ticked || closed {
+                self.send(&mut batch).await;
+            }
+            if closed {
+                return;
             }
         }
     }
@@ -757,6 +874,7 @@ pub fn encode_json(service_name: &str, spans: &[FinishedSpan]) -> Vec<u8> {
                 .map(|(k, v)| {
                     let value = match v {
                         AttrValue::Str(x) => serde_json::json!({"stringValue": x}),
+                        AttrValue::Static(x) => serde_json::json!({"stringValue": x}),
                         AttrValue::Int(i) => serde_json::json!({"intValue": i.to_string()}),
                     };
                     serde_json::json!({"key": k, "value": value})
@@ -805,74 +923,148 @@ fn put_varint(buf: &mut BytesMut, mut v: u64) {
     buf.put_u8(v as u8);
 }
 
+fn varint_len(v: u64) -> usize {
+    // 7 payload bits per byte; zero still takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn tag(field: u32, wire: u8) -> u64 {
+    (u64::from(field) << 3) | u64::from(wire)
+}
+
 fn put_tag(buf: &mut BytesMut, field: u32, wire: u8) {
-    put_varint(buf, (u64::from(field) << 3) | u64::from(wire));
+    put_varint(buf, tag(field, wire));
+}
+
+/// Encoded size of a length-delimited field whose payload is `n` bytes.
+fn len_field(field: u32, n: usize) -> usize {
+    varint_len(tag(field, LEN)) + varint_len(n as u64) + n
+}
+
+/// Encoded size of a varint field.
+fn varint_field(field: u32, v: u64) -> usize {
+    varint_len(tag(field, VARINT)) + varint_len(v)
+}
+
+/// Encoded size of a fixed64 field.
+fn fixed64_field(field: u32) -> usize {
+    varint_len(tag(field, FIXED64)) + 8
+}
+
+/// The header of a length-delimited field; the caller writes exactly `n` payload bytes next.
+fn put_len(buf: &mut BytesMut, field: u32, n: usize) {
+    put_tag(buf, field, LEN);
+    put_varint(buf, n as u64);
 }
 
 fn put_bytes(buf: &mut BytesMut, field: u32, data: &[u8]) {
-    put_tag(buf, field, LEN);
-    put_varint(buf, data.len() as u64);
+    put_len(buf, field, data.len());
     buf.extend_from_slice(data);
 }
 
-fn put_message(buf: &mut BytesMut, field: u32, f: impl FnOnce(&mut BytesMut)) {
-    let mut inner = BytesMut::new();
-    f(&mut inner);
-    put_bytes(buf, field, &inner);
+/// `AnyValue`: `string_value` (1) or `int_value` (3).
+fn any_len(value: &AttrValue) -> usize {
+    match value {
+        AttrValue::Int(i) => varint_field(3, *i as u64),
+        AttrValue::Str(s) => len_field(1, s.len()),
+        AttrValue::Static(s) => len_field(1, s.len()),
+    }
+}
+
+fn put_any(buf: &mut BytesMut, value: &AttrValue) {
+    match value {
+        AttrValue::Int(i) => {
+            put_tag(buf, 3, VARINT);
+            put_varint(buf, *i as u64);
+        }
+        AttrValue::Str(s) => put_bytes(buf, 1, s.as_bytes()),
+        AttrValue::Static(s) => put_bytes(buf, 1, s.as_bytes()),
+    }
+}
+
+/// `KeyValue` payload: `key` (1), `value` (2).
+fn key_value_len(key: &str, value: &AttrValue) -> usize {
+    len_field(1, key.len()) + len_field(2, any_len(value))
 }
 
 fn put_key_value(buf: &mut BytesMut, field: u32, key: &str, value: &AttrValue) {
-    put_message(buf, field, |kv| {
-        put_bytes(kv, 1, key.as_bytes());
-        put_message(kv, 2, |any| match value {
-            AttrValue::Str(s) => put_bytes(any, 1, s.as_bytes()),
-            AttrValue::Int(i) => {
-                put_tag(any, 3, VARINT);
-                put_varint(any, *i as u64);
-            }
-        });
-    });
+    put_len(buf, field, key_value_len(key, value));
+    put_bytes(buf, 1, key.as_bytes());
+    put_len(buf, 2, any_len(value));
+    put_any(buf, value);
 }
 
-/// The binary `ExportTraceServiceRequest` (opentelemetry/proto/collector/trace/v1).
+/// `Status` payload with code ERROR (2).
+const STATUS_ERROR_LEN: usize = 2;
+
+/// `Span` payload size.
+fn span_len(s: &FinishedSpan) -> usize {
+    let mut n = len_field(1, s.trace_id.len()) + len_field(2, s.span_id.len());
+    if let Some(p) = &s.parent_span_id {
+        n += len_field(4, p.len());
+    }
+    n += len_field(5, s.name.len());
+    n += varint_field(6, s.kind.otlp()) + fixed64_field(7) + fixed64_field(8);
+    for (k, v) in &s.attributes {
+        n += len_field(9, key_value_len(k, v));
+    }
+    if s.error {
+        n += len_field(15, STATUS_ERROR_LEN);
+    }
+    n
+}
+
+fn put_span(buf: &mut BytesMut, s: &FinishedSpan, len: usize) {
+    put_len(buf, 2, len);
+    put_bytes(buf, 1, &s.trace_id);
+    put_bytes(buf, 2, &s.span_id);
+    if let Some(p) = &s.parent_span_id {
+        put_bytes(buf, 4, p);
+    }
+    put_bytes(buf, 5, s.name.as_bytes());
+    put_tag(buf, 6, VARINT);
+    put_varint(buf, s.kind.otlp());
+    put_tag(buf, 7, FIXED64);
+    buf.put_u64_le(s.start_unix_nanos);
+    put_tag(buf, 8, FIXED64);
+    buf.put_u64_le(s.end_unix_nanos);
+    for (k, v) in &s.attributes {
+        put_key_value(buf, 9, k, v);
+    }
+    if s.error {
+        put_len(buf, 15, STATUS_ERROR_LEN);
+        put_tag(buf, 3, VARINT);
+        put_varint(buf, 2);
+    }
+}
+
+/// The binary `ExportTraceServiceRequest` (opentelemetry/proto/collector/trace/v1), written
+/// in one pass into a buffer sized up front: every message's length is computed before its
+/// bytes, so nothing is encoded twice or copied.
 pub fn encode_protobuf(service_name: &str, spans: &[FinishedSpan]) -> BytesMut {
-    let mut out = BytesMut::new();
-    put_message(&mut out, 1, |rs| {
-        put_message(rs, 1, |res| {
-            put_key_value(res, 1, "service.name", &AttrValue::Str(service_name.into()));
-        });
-        put_message(rs, 2, |ss| {
-            put_message(ss, 1, |scope| {
-                put_bytes(scope, 1, b"outrider");
-                put_bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
-            });
-            for s in spans {
-                put_message(ss, 2, |sp| {
-                    put_bytes(sp, 1, &s.trace_id);
-                    put_bytes(sp, 2, &s.span_id);
-                    if let Some(p) = &s.parent_span_id {
-                        put_bytes(sp, 4, p);
-                    }
-                    put_bytes(sp, 5, s.name.as_bytes());
-                    put_tag(sp, 6, VARINT);
-                    put_varint(sp, s.kind.otlp());
-                    put_tag(sp, 7, FIXED64);
-                    sp.put_u64_le(s.start_unix_nanos);
-                    put_tag(sp, 8, FIXED64);
-                    sp.put_u64_le(s.end_unix_nanos);
-                    for (k, v) in &s.attributes {
-                        put_key_value(sp, 9, k, v);
-                    }
-                    if s.error {
-                        put_message(sp, 15, |st| {
-                            put_tag(st, 3, VARINT);
-                            put_varint(st, 2);
-                        });
-                    }
-                });
-            }
-        });
-    });
+    const SERVICE_NAME: &str = "service.name";
+    const SCOPE_NAME: &[u8] = b"outrider";
+    const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
+    // A borrowed service name would need its own variant; one small copy per batch is fine.
+    let service = AttrValue::Str(service_name.to_string());
+    let resource_len = len_field(1, key_value_len(SERVICE_NAME, &service));
+    let scope_len = len_field(1, SCOPE_NAME.len()) + len_field(2, SCOPE_VERSION.len());
+    let mut scope_spans_len = len_field(1, scope_len);
+    for s in spans {
+        scope_spans_len += len_field(2, span_len(s));
+    }
+    let resource_spans_len = len_field(1, resource_len) + len_field(2, scope_spans_len);
+    let mut out = BytesMut::with_capacity(len_field(1, resource_spans_len));
+    put_len(&mut out, 1, resource_spans_len);
+    put_len(&mut out, 1, resource_len);
+    put_key_value(&mut out, 1, SERVICE_NAME, &service);
+    put_len(&mut out, 2, scope_spans_len);
+    put_len(&mut out, 1, scope_len);
+    put_bytes(&mut out, 1, SCOPE_NAME);
+    put_bytes(&mut out, 2, SCOPE_VERSION);
+    for s in spans {
+        put_span(&mut out, s, span_len(s));
+    }
     out
 }
 
@@ -1152,18 +1344,183 @@ mod tests {
         assert!(b.windows(4).any(|w| w == status));
     }
 
+    /// The straightforward nested encoding (each message built apart, then copied in).
+    fn nested(service: &str, spans: &[FinishedSpan]) -> Vec<u8> {
+        fn msg(buf: &mut BytesMut, field: u32, f: impl FnOnce(&mut BytesMut)) {
+            let mut inner = BytesMut::new();
+            f(&mut inner);
+            put_bytes(buf, field, &inner);
+        }
+        fn kv(buf: &mut BytesMut, field: u32, k: &str, v: &AttrValue) {
+            msg(buf, field, |b| {
+                put_bytes(b, 1, k.as_bytes());
+                msg(b, 2, |b| put_any(b, v));
+            });
+        }
+        let mut out = BytesMut::new();
+        msg(&mut out, 1, |rs| {
+            msg(rs, 1, |r| {
+                kv(r, 1, "service.name", &AttrValue::Str(service.to_string()))
+            });
+            msg(rs, 2, |ss| {
+                msg(ss, 1, |sc| {
+                    put_bytes(sc, 1, b"outrider");
+                    put_bytes(sc, 2, env!("CARGO_PKG_VERSION").as_bytes());
+                });
+                for s in spans {
+                    msg(ss, 2, |sp| {
+                        put_bytes(sp, 1, &s.trace_id);
+                        put_bytes(sp, 2, &s.span_id);
+                        if let Some(p) = &s.parent_span_id {
+                            put_bytes(sp, 4, p);
+                        }
+                        put_bytes(sp, 5, s.name.as_bytes());
+                        put_tag(sp, 6, VARINT);
+                        put_varint(sp, s.kind.otlp());
+                        put_tag(sp, 7, FIXED64);
+                        sp.put_u64_le(s.start_unix_nanos);
+                        put_tag(sp, 8, FIXED64);
+                        sp.put_u64_le(s.end_unix_nanos);
+                        for (k, v) in &s.attributes {
+                            kv(sp, 9, k, v);
+                        }
+                        if s.error {
+                            msg(sp, 15, |st| {
+                                put_tag(st, 3, VARINT);
+                                put_varint(st, 2);
+                            });
+                        }
+                    });
+                }
+            });
+        });
+        out.to_vec()
+    }
+
+    #[test]
+    fn protobuf_sized_encoding_matches_nested() {
+        let mut big = span();
+        big.parent_span_id = None;
+        big.error = false;
+        big.name = "x".repeat(300);
+        big.attributes
+            .push(("long", AttrValue::Str("v".repeat(200))));
+        big.attributes.push(("neg", AttrValue::Int(-1)));
+        big.attributes.push(("static", AttrValue::Static("1.1")));
+        for spans in [
+            vec![],
+            vec![span()],
+            vec![span(), big.clone()],
+            vec![big; 600],
+        ] {
+            let got = encode_protobuf("svc", &spans);
+            assert_eq!(got.to_vec(), nested("svc", &spans), "{} spans", spans.len());
+        }
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
+    }
+
     #[tokio::test]
     async fn full_queue_drops_without_waiting() {
         let (tx, _rx) = mpsc::channel(1);
         let t = Tracer {
             sampler: Sampler::default(),
             xray: false,
-            queue: Some(tx),
+            queue: Some(OtlpQueue {
+                tx: Some(tx),
+                signal: Arc::new(Signal {
+                    pending: AtomicUsize::new(0),
+                    wake: Notify::new(),
+                }),
+                batch_size: DEFAULT_BATCH_SIZE,
+            }),
             xray_queue: None,
         };
         t.record(span());
         t.record(span());
+        // The failed push is not counted as pending.
+        let pending = t
+            .queue
+            .as_ref()
+            .map(|q| q.signal.pending.load(Ordering::Relaxed));
+        assert_eq!(pending, Some(1));
         // Nothing drains the queue: flush gives up at its timeout instead of hanging.
         t.flush(Duration::from_millis(10)).await;
+    }
+
+    /// A collector answering 200 to every POST; yields each request's body size.
+    async fn collector() -> (String, mpsc::UnboundedReceiver<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() < end + 4 + len {
+                        break;
+                    }
+                    buf.drain(..end + 4 + len);
+                    tx.send(len).unwrap();
+                    sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn exporter_thread_sends_full_batches_and_flushes() {
+        let (addr, mut bodies) = collector().await;
+        let mut otlp = OtlpOptions::new(
+            format!("http://{addr}/v1/traces").parse().unwrap(),
+            OtlpProtocol::HttpProtobuf,
+        );
+        otlp.batch_size = 4;
+        // Long enough that only a full batch or a flush can send.
+        otlp.flush_interval = Duration::from_secs(60);
+        let opts = TracingOptions {
+            service_name: "svc".into(),
+            otlp: Some(otlp),
+            sampler: Sampler::default(),
+            xray: false,
+            xray_daemon: None,
+        };
+        let tracer = Tracer::start(&opts);
+        let one = encode_protobuf("svc", &[span()]).len();
+        for _ in 0..4 {
+            tracer.record(span());
+        }
+        let full = tokio::time::timeout(Duration::from_secs(5), bodies.recv()).await;
+        assert_eq!(
+            full.unwrap(),
+            Some(encode_protobuf("svc", &vec![span(); 4]).len())
+        );
+        tracer.record(span());
+        tracer.flush(Duration::from_secs(5)).await;
+        assert_eq!(bodies.try_recv().ok(), Some(one));
+        // Dropping the tracer sends what is left and stops the thread.
+        tracer.record(span());
+        drop(tracer);
+        let last = tokio::time::timeout(Duration::from_secs(5), bodies.recv()).await;
+        assert_eq!(last.unwrap(), Some(one));
     }
 }

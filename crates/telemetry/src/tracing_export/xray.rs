@@ -135,10 +135,7 @@ fn attr<'a>(span: &'a FinishedSpan, key: &str) -> Option<&'a AttrValue> {
 }
 
 fn attr_str<'a>(span: &'a FinishedSpan, key: &str) -> Option<&'a str> {
-    match attr(span, key) {
-        Some(AttrValue::Str(s)) => Some(s),
-        _ => None,
-    }
+    attr(span, key).and_then(AttrValue::as_str)
 }
 
 /// `1-<8 hex epoch seconds>-<24 hex>` from a 16-byte trace id.

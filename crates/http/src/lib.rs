@@ -12,6 +12,7 @@ mod pool;
 mod proxy;
 mod runtime;
 mod server;
+mod smuggle;
 mod upstream;
 
 pub use access::{AccessLog, next_connection_id};

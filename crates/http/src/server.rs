@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::idle::{Activity, Tracked};
 use crate::proxy::{ConnInfo, Direction, ListenerCtx, ProxyService};
 use crate::runtime::TcpDecision;
+use crate::smuggle::SmuggleGuard;
 
 /// How long an egress connection to an unknown port may stay silent before it is treated as
 /// opaque TCP (server-first protocols such as MySQL send nothing). Default is 1 s.
@@ -236,7 +237,9 @@ async fn serve_http<S>(
     let idle = idle_timeout(&ctx, conn);
     let activity = Activity::new();
     let service = ProxyService::new(ctx.clone(), conn).with_activity(activity.clone());
-    let stream = Tracked::new(stream, activity.clone());
+    // The guard reads the plaintext hyper parses, so it sits inside the activity tracking
+    // and after any TLS termination.
+    let stream = Tracked::new(SmuggleGuard::new(stream), activity.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -8,6 +8,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 seconds="${SMOKE_SECONDS:-10}"
+# A fixed seed makes the CI run repeatable: a crash it finds is found again, not by luck.
+seed="${SMOKE_SEED:-1}"
 toolchain="${FUZZ_TOOLCHAIN:-+nightly}"
 # SMOKE_TARGETS (space-separated) runs a subset.
 read -r -a targets <<<"${SMOKE_TARGETS:-config_parse route_match access_log_format iptables_plan detect proxy_request}"
@@ -26,7 +28,7 @@ for t in "${targets[@]}"; do
     mkdir -p artifacts
     log="artifacts/$t.log"
     if ! cargo "$toolchain" fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -max_total_time="$seconds" -seed="$seed" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "smoke.sh: $t failed; see fuzz/artifacts/$t/ and fuzz/$log" >&2

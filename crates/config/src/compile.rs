@@ -437,26 +437,8 @@ impl<'a> Compiler<'a> {
                 .map(|h| ("spec.http2Route.match", h)))
         {
             let m = &h.match_;
-            let path = match (&m.prefix, &m.path) {
-                (Some(p), _) => Some(PathMatch::Prefix(p.clone())),
-                (None, Some(p)) => match (&p.exact, &p.regex) {
-                    (Some(e), _) => Some(PathMatch::Exact(e.clone())),
-                    (None, Some(re)) => Some(PathMatch::Regex(regex(
-                        r,
-                        &format!("{base}.path.regex"),
-                        re,
-                    )?)),
-                    (None, None) => None,
-                },
-                (None, None) => None,
-            };
-            let method = match m.method {
-                Some(meth) => Some(
-                    http::Method::from_bytes(method_name(meth).as_bytes())
-                        .map_err(|e| r.error(format!("{base}.method"), e.to_string()))?,
-                ),
-                None => None,
-            };
+            let path = path_match(r, base, m.prefix.as_deref(), m.path.as_ref())?;
+            let method = http_method(r, base, m.method)?;
             return Ok(RouteMatch::Http(HttpMatch {
                 path,
                 method,
@@ -871,4 +853,41 @@ fn connection_pool(spec: Option<ConnectionPoolSpec>) -> ConnectionPool {
         },
         None => ConnectionPool::default(),
     }
+}
+
+/// A route's `prefix` or `path` (`exact` | `regex`, anchored) as a matcher; shared by mesh
+/// routes and gateway routes.
+fn path_match(
+    r: &Resource,
+    base: &str,
+    prefix: Option<&str>,
+    path: Option<&model::HttpPathMatch>,
+) -> Result<Option<PathMatch>, Problem> {
+    Ok(match (prefix, path) {
+        (Some(p), _) => Some(PathMatch::Prefix(p.to_owned())),
+        (None, Some(p)) => match (&p.exact, &p.regex) {
+            (Some(e), _) => Some(PathMatch::Exact(e.clone())),
+            (None, Some(re)) => Some(PathMatch::Regex(regex(
+                r,
+                &format!("{base}.path.regex"),
+                re,
+            )?)),
+            (None, None) => None,
+        },
+        (None, None) => None,
+    })
+}
+
+/// A route's `method` as an `http::Method`; shared by mesh routes and gateway routes.
+fn http_method(
+    r: &Resource,
+    base: &str,
+    method: Option<model::HttpMethod>,
+) -> Result<Option<http::Method>, Problem> {
+    method
+        .map(|m| {
+            http::Method::from_bytes(method_name(m).as_bytes())
+                .map_err(|e| r.error(format!("{base}.method"), e.to_string()))
+        })
+        .transpose()
 }

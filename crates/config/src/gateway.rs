@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use outrider_route::{GrpcMatch, HttpMatch, PathMatch, QueryMatch, Route, RouteMatch, RouteTable};
+use outrider_route::{GrpcMatch, HttpMatch, QueryMatch, Route, RouteMatch, RouteTable};
 
 use super::{
-    Compiler, access_log, client_tls, count, headers, host_match, http_timeouts, listener_tls,
-    method_name, port, regex,
+    Compiler, access_log, client_tls, count, headers, host_match, http_method, http_timeouts,
+    listener_tls, path_match, port,
 };
 use crate::load::{Kind, Resource, Spec};
 use crate::model::{
@@ -233,26 +233,8 @@ fn http_route(
     h: &HttpGatewayRoute,
 ) -> Result<(RouteMatch, GatewayRewrite), Problem> {
     let m = &h.match_;
-    let path = match (&m.prefix, &m.path) {
-        (Some(p), _) => Some(PathMatch::Prefix(p.clone())),
-        (None, Some(p)) => match (&p.exact, &p.regex) {
-            (Some(e), _) => Some(PathMatch::Exact(e.clone())),
-            (None, Some(re)) => Some(PathMatch::Regex(regex(
-                r,
-                &format!("{base}.path.regex"),
-                re,
-            )?)),
-            (None, None) => None,
-        },
-        (None, None) => None,
-    };
-    let method = match m.method {
-        Some(meth) => Some(
-            http::Method::from_bytes(method_name(meth).as_bytes())
-                .map_err(|e| r.error(format!("{base}.method"), e.to_string()))?,
-        ),
-        None => None,
-    };
+    let path = path_match(r, base, m.prefix.as_deref(), m.path.as_ref())?;
+    let method = http_method(r, base, m.method)?;
     let matcher = RouteMatch::Http(HttpMatch {
         path,
         method,

@@ -19,7 +19,7 @@ use outrider_route::{
     RouteMatch, StringMatch,
 };
 
-use crate::runtime::{NO_RETRY, Runtime};
+use crate::runtime::{ListenerChoice, NO_RETRY, Runtime};
 use crate::upstream::EndpointReport;
 
 /// The port of an `http://` URL without one. Default is 80.
@@ -557,32 +557,28 @@ fn service_http(
     match &vs.provider {
         Provider::Router(router) => {
             ex.provider = Some(format!("virtual router {}", router.name));
-            let http: Vec<_> = router
+            let http_count = router
                 .listeners
                 .iter()
                 .filter(|l| l.protocol.is_http())
-                .collect();
-            let by_port = |p: u16| http.iter().find(|l| l.port == p).copied();
-            let preferred = q
-                .preferred
-                .and_then(|(p, what)| by_port(p).map(|l| (l, format!("{what} {p}"))));
-            let destination = || {
-                q.dest_port
-                    .and_then(|p| by_port(p).map(|l| (l, format!("destination port {p}"))))
-            };
-            let chosen = preferred
-                .or_else(destination)
-                .or_else(|| match http.first() {
-                    Some(l) if http.len() == 1 => Some((*l, "only HTTP listener".to_string())),
-                    Some(l) => Some((
-                        *l,
-                        match q.dest_port {
-                            Some(p) => format!("first HTTP listener (no listener on port {p})"),
-                            None => "first HTTP listener".to_string(),
-                        },
-                    )),
-                    None => None,
-                });
+                .count();
+            let chosen = crate::runtime::choose_router_listener(
+                &router.listeners,
+                q.preferred.map(|(p, _)| p),
+                q.dest_port,
+            )
+            .map(|(l, why)| {
+                let reason = match (why, q.preferred, q.dest_port) {
+                    (ListenerChoice::Preferred, Some((p, what)), _) => format!("{what} {p}"),
+                    (ListenerChoice::Destination, _, Some(p)) => format!("destination port {p}"),
+                    (ListenerChoice::First, _, _) if http_count == 1 => {
+                        "only HTTP listener".to_string()
+                    }
+                    (_, _, Some(p)) => format!("first HTTP listener (no listener on port {p})"),
+                    _ => "first HTTP listener".to_string(),
+                };
+                (l, reason)
+            });
             let Some((listener, reason)) = chosen else {
                 ex.outcome = Outcome::NoCluster;
                 ex.notes

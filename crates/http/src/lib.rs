@@ -30,7 +30,8 @@ pub use outrider_policy::RetryBudgetConfig;
 pub use pool::{MAX_IDLE_PER_ENDPOINT, POOL_IDLE_TIMEOUT, SendError};
 pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService, RetrySkipped};
 pub use runtime::{
-    HttpDecision, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions, ServiceAddrs, TcpDecision,
+    HttpDecision, ListenerChoice, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions,
+    ServiceAddrs, TcpDecision, choose_router_listener,
 };
 pub use server::{
     DETECT_TIMEOUT, Detected, HEADER_READ_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES,

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use outrider_balance::Algorithm;
 use outrider_config::{
     ClusterId, ConnectionPool, EgressFilter, Protocol, Provider, RetryPolicy, RouteAction,
-    Snapshot, Timeouts,
+    RouterListener, Snapshot, Timeouts,
 };
 use outrider_policy::RetryBudgetConfig;
 use outrider_route::{RequestParts, RouteTable};
@@ -102,6 +102,46 @@ pub struct ServiceAddrs {
     /// Sorted, deduplicated, IPv4-mapped IPv6 addresses turned into IPv4. Swapped whole so
     /// the connection path reads it without a lock.
     ips: ArcSwap<Vec<IpAddr>>,
+}
+
+/// Why [`choose_router_listener`] chose a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerChoice {
+    /// The port the request named (the authority's, or a gateway route target's).
+    Preferred,
+    /// The original destination port of the connection.
+    Destination,
+    /// Neither named one of the router's HTTP listeners: its first (often only) one.
+    First,
+}
+
+/// The HTTP (http, http2, grpc) listener of a router that serves a request: the one on the
+/// preferred port, else on the destination port, else the first. Routing and `explain` both
+/// use it, so what `explain` reports is what the proxy does.
+pub fn choose_router_listener(
+    listeners: &[RouterListener],
+    preferred: Option<u16>,
+    destination: Option<u16>,
+) -> Option<(&RouterListener, ListenerChoice)> {
+    let on = |p: u16| {
+        listeners
+            .iter()
+            .find(|l| l.protocol.is_http() && l.port == p)
+    };
+    preferred
+        .and_then(on)
+        .map(|l| (l, ListenerChoice::Preferred))
+        .or_else(|| {
+            destination
+                .and_then(on)
+                .map(|l| (l, ListenerChoice::Destination))
+        })
+        .or_else(|| {
+            listeners
+                .iter()
+                .find(|l| l.protocol.is_http())
+                .map(|l| (l, ListenerChoice::First))
+        })
 }
 
 /// Everything a listener needs from one snapshot.
@@ -365,12 +405,9 @@ impl Runtime {
         };
         match &vs.provider {
             Provider::Router(router) => {
-                let http_listeners = || router.listeners.iter().filter(|l| l.protocol.is_http());
-                let chosen = authority_port
-                    .and_then(|p| http_listeners().find(|l| l.port == p))
-                    .or_else(|| orig_port.and_then(|p| http_listeners().find(|l| l.port == p)))
-                    .or_else(|| http_listeners().next());
-                let Some(listener) = chosen else {
+                let Some((listener, _)) =
+                    choose_router_listener(&router.listeners, authority_port, orig_port)
+                else {
                     return HttpDecision::NoCluster;
                 };
                 let parts = RequestParts {
@@ -589,6 +626,35 @@ fn shared_port_addrs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_listener_choice_order() {
+        let l = |port, protocol| RouterListener {
+            port,
+            protocol,
+            routes: outrider_route::RouteTable::default(),
+        };
+        let ls = [
+            l(9000, Protocol::Tcp),
+            l(8080, Protocol::Http),
+            l(8443, Protocol::Http2),
+        ];
+        let pick = |a, d| choose_router_listener(&ls, a, d).map(|(l, why)| (l.port, why));
+        assert_eq!(
+            pick(Some(8443), Some(8080)),
+            Some((8443, ListenerChoice::Preferred))
+        );
+        assert_eq!(
+            pick(Some(1), Some(8443)),
+            Some((8443, ListenerChoice::Destination))
+        );
+        // A TCP listener never serves HTTP, even on the named port.
+        assert_eq!(pick(Some(9000), None), Some((8080, ListenerChoice::First)));
+        assert_eq!(
+            choose_router_listener(&ls[..1], None, None).map(|(l, _)| l.port),
+            None
+        );
+    }
     use outrider_config::{Selector, build_from_str};
 
     /// Two TCP services on port 9000 (a node provider and a router), one alone on 5432.

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{
-    CLIENT, Counting, H1, X_UPSTREAM, client, mesh, node, service_node, start_as, stream,
-};
+use common::{CLIENT, Counting, H1, X_UPSTREAM, client, mesh, node, service_node, stream};
 use http::StatusCode;
 use outrider_test_support::dns::DnsServer;
 use tokio::time::Instant;
@@ -53,7 +51,20 @@ async fn endpoints_added_and_removed_under_traffic_without_errors() {
         node("app", NAME, first.addr().port(), "http"),
         service_node("app.local", "app"),
     ]);
-    let proxy = start_as(&spec, CLIENT, Some(dns.addr())).await;
+    // Round robin: this test is about discovery, and it needs both endpoints to get traffic
+    // while both are listed. Least-request over peak EWMA may, by design, keep away from an
+    // endpoint whose last answer was slow (a loaded CI machine) for seconds.
+    let sel = outrider_config::Selector {
+        mesh: None,
+        node: Some(CLIENT.to_string()),
+        gateway: None,
+    };
+    let built = outrider_config::build_from_str("test.yaml", &spec, &sel).unwrap();
+    let mut opts = outrider_app::ProxyOptions::local(Some(built.snapshot));
+    opts.dns_refresh = common::TEST_DNS_REFRESH;
+    opts.resolver = outrider_discovery::ResolverConfig::Server(dns.addr());
+    opts.runtime.algorithm = outrider_http::Algorithm::RoundRobin;
+    let proxy = outrider_app::start(opts).await.unwrap();
     let egress = proxy.addrs().egress;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,7 +13,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrider_telemetry::ClusterStats;
 use outrider_tls::{ClientTls, MaybeTls};
-use outrider_transport::ConnectError;
+use outrider_transport::{ConnectError, Gather};
 use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
@@ -232,7 +232,7 @@ impl EndpointPool {
     ) -> Result<http1::SendRequest<ReqBody>, SendError> {
         let stream = self.connect(connect_timeout).await?;
         let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Gather::new(stream)))
             .await
             .map_err(SendError::Handshake)?;
         let stats = self.stats.clone();
@@ -298,7 +298,7 @@ impl EndpointPool {
             .adaptive_window(true)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Gather::new(stream)))
             .await
             .map_err(SendError::Handshake)?;
         let stats = self.stats.clone();

@@ -8,6 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use outrider_config::{DEFAULT_IDLE_TIMEOUT, ListenerTlsMode, Protocol};
 use outrider_tls::{ServerTls, TLS_HANDSHAKE_BYTE};
+use outrider_transport::Gather;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -255,7 +256,8 @@ async fn serve_http<S>(
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .adaptive_window(true);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(Gather::new(stream)), service);
     tokio::pin!(connection);
     tokio::select! {
         res = connection.as_mut() => {

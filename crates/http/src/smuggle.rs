@@ -143,6 +143,20 @@ impl Head {
         }
     }
 
+    /// Whether the bytes up to the next LF cannot change what the head says: a line whose
+    /// method or field name has matched none of the words the framer acts on, or a value
+    /// other than `Content-Length`'s. CR is ignored in a head, so only LF matters.
+    fn rest_of_line_is_irrelevant(&self) -> bool {
+        match self.line {
+            Line::Skip => true,
+            Line::Value { field } => field != FIELD_CL,
+            // The method is read at the first space; 0 candidates means `complete` gives 0.
+            Line::Method { pos, cands } => cands == 0 && pos > 0,
+            // An obsolete fold is decided at position 0; after that only the LF matters.
+            Line::Name { pos, cands } => cands == 0 && pos > 0,
+        }
+    }
+
     /// Ends one `Content-Length` element; differing values are refused by hyper.
     fn commit_cl(&mut self) {
         if let Some(v) = self.cl_current.take() {
@@ -273,6 +287,27 @@ impl Scanner {
                         _ if left == 0 => State::ChunkDataEnd,
                         _ => State::ChunkData(left),
                     };
+                }
+                State::Head if self.head.rest_of_line_is_irrelevant() => {
+                    // Most of a head is field values and names the framer ignores: jump to the
+                    // line's end instead of stepping byte by byte.
+                    match memchr::memchr(b'\n', rest) {
+                        Some(at) => {
+                            rest = &rest[at..];
+                            // Marks the line as non-empty, as the skipped bytes would have.
+                            self.head.line_empty = false;
+                        }
+                        None => {
+                            self.head.line_empty = false;
+                            break;
+                        }
+                    }
+                    let (&b, tail) = match rest.split_first() {
+                        Some(split) => split,
+                        None => break,
+                    };
+                    rest = tail;
+                    self.state = self.step(b);
                 }
                 _ => {
                     let (&b, tail) = match rest.split_first() {

@@ -2,6 +2,7 @@
 
 mod connect;
 mod copy;
+mod gather;
 mod host;
 mod listen;
 mod orig_dst;
@@ -11,6 +12,7 @@ pub use connect::{
     connect, set_nodelay_keepalive,
 };
 pub use copy::{IdleTimeout, MAX_BUFFER, SMALL_BUFFER, is_idle_timeout, proxy, proxy_io};
+pub use gather::{GATHER_MAX, Gather};
 pub use host::{host_addrs, is_self, is_self_with};
 pub use listen::{LISTEN_BACKLOG, bind};
 pub use orig_dst::original_dst;

@@ -1,7 +1,9 @@
 //! Header hygiene: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers, request ids.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`, generated when a request arrives without one (as Envoy does).
@@ -145,7 +147,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, scheme: &'static st
             }
         }
         Entry::Vacant(e) => {
-            if let Ok(v) = HeaderValue::from_bytes(peer_text) {
+            if let Some(v) = peer_value(peer, peer_text) {
                 e.insert(v);
             }
         }
@@ -156,6 +158,31 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, scheme: &'static st
     if let Entry::Vacant(e) = headers.entry(X_REQUEST_ID.clone()) {
         e.insert(request_id());
     }
+}
+
+thread_local! {
+    /// The last peer address written as a header value on this thread. A sidecar's peers are
+    /// few (egress: the local app on loopback), so one entry saves formatting and allocating the
+    /// same value per request; clones of it only count references.
+    static LAST_PEER: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `peer` (already formatted as `text`) as a header value, shared with earlier requests from
+/// the same address.
+fn peer_value(peer: IpAddr, text: &[u8]) -> Option<HeaderValue> {
+    LAST_PEER
+        .with(|last| {
+            let mut last = last.try_borrow_mut().ok()?;
+            if let Some((ip, v)) = last.as_ref()
+                && *ip == peer
+            {
+                return Some(v.clone());
+            }
+            let v = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(text)).ok()?;
+            *last = Some((peer, v.clone()));
+            Some(v)
+        })
+        .or_else(|| HeaderValue::from_bytes(text).ok())
 }
 
 /// A random UUID v4, the shape Envoy generates for `x-request-id`.
@@ -177,8 +204,10 @@ pub fn request_id() -> HeaderValue {
         out[at + 1] = HEX[usize::from(byte & 0xf)];
         at += 2;
     }
-    // The bytes are ASCII hex and dashes, always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // The bytes are ASCII hex and dashes, always a valid header value. Owned by a shared
+    // buffer so that cloning the header map for a retry does not copy it again.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Splits an authority into host and port, handling `[v6]:port`. The host keeps its case.

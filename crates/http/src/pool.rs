@@ -91,9 +91,17 @@ pub struct EndpointPool {
 pub(crate) struct PoolReturn {
     pool: Arc<EndpointPool>,
     tx: http1::SendRequest<ReqBody>,
+    /// The connection was dialed for this request (not reused from the pool).
+    dialed: bool,
 }
 
 impl PoolReturn {
+    /// Whether the request waited for a new connection (TCP, TLS, handshake): its latency
+    /// then says more about connection set-up than about how busy the endpoint is.
+    pub(crate) fn dialed(&self) -> bool {
+        self.dialed
+    }
+
     pub(crate) fn release(self) {
         self.pool.put_idle(self.tx);
     }
@@ -200,6 +208,7 @@ impl EndpointPool {
                             Some(PoolReturn {
                                 pool: self.clone(),
                                 tx,
+                                dialed: false,
                             }),
                         ));
                     }
@@ -219,6 +228,7 @@ impl EndpointPool {
                     Some(PoolReturn {
                         pool: self.clone(),
                         tx,
+                        dialed: true,
                     }),
                 )),
                 Err(err) => Err(SendError::Reset(err.into_error())),
@@ -444,5 +454,41 @@ impl PoolSet {
     /// Every pool (for `/clusters`).
     pub fn pools(&self) -> Vec<Arc<EndpointPool>> {
         self.map.load().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use outrider_test_support::servers::TestServer;
+
+    fn get() -> Request<ReqBody> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "test")
+            .body(ReqBody::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_request_that_dialed_is_marked_dialed() {
+        let server = TestServer::http("a");
+        let pool = Arc::new(EndpointPool::new(
+            server.addr(),
+            ClusterStats::new("pool-test"),
+            SharedOrigination::default(),
+        ));
+        for expect_dialed in [true, false, false] {
+            let (resp, back) = pool
+                .send(false, get(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+            let back = back.expect("HTTP/1.1 hands the connection back");
+            assert_eq!(back.dialed(), expect_dialed);
+            back.release();
+        }
     }
 }

@@ -1087,7 +1087,12 @@ fn one_attempt(
                     if status >= 500 {
                         upstream.record_outlier_error(g.endpoint());
                     }
-                    g.finish(elapsed);
+                    // A sample that includes dialing would make the latency-aware balancer
+                    // shun the endpoint for as long as the sample takes to decay, for a cost
+                    // paid once per connection.
+                    if !pool_return.as_ref().is_some_and(PoolReturn::dialed) {
+                        g.finish(elapsed);
+                    }
                 }
                 Attempt::Response(resp, pool_return)
             }

@@ -25,7 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Gate;
 pub use crate::drain::{DEFAULT_DRAIN_QUIET, DRAIN_FINAL_GRACE};
-pub use crate::memory::{MALLOC_ARENA_MAX, limit_malloc_arenas, release_startup_memory};
+pub use crate::memory::{
+    HEAP_TRIM_INTERVAL, HEAP_TRIM_THRESHOLD, MALLOC_ARENA_MAX, TrimPolicy, limit_malloc_arenas,
+    release_startup_memory, spawn_heap_trimmer,
+};
 use crate::reload::ReloadState;
 pub use crate::reload::{
     ConfigSource, RELOAD_DEBOUNCE, RELOAD_FAILURES_TOTAL, RELOAD_TOTAL, ReloadError, ReloadReport,

@@ -322,6 +322,8 @@ async fn serve(opts: ProxyOptions) -> ExitCode {
     };
     // Start-up is over: the heap its parsers and compilers used goes back to the kernel.
     outrider_app::release_startup_memory();
+    // And what a burst of connections needed, once they have closed.
+    outrider_app::spawn_heap_trimmer();
     let addrs = proxy.addrs();
     eprintln!(
         "outrider: ingress {} egress {} admin {}",

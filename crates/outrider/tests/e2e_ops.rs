@@ -680,3 +680,58 @@ async fn not_ready_until_discovery_answers_or_the_wait_passes() {
     assert!(proxy.is_ready());
     proxy.shutdown(GRACE).await;
 }
+
+/// Idle keep-alive connections opened in the burst of the memory test.
+const BURST_CONNECTIONS: usize = 800;
+/// How long the heap trimmer may take to give a closed burst's memory back (a few intervals).
+const TRIM_WAIT: Duration = Duration::from_secs(20);
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_of_a_connection_burst_goes_back_once_it_closes() {
+    let a = TestServer::http("a");
+    let port = a.addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_spec(dir.path(), &spec(port, port, (100, 0), 9));
+    let proc = spawn_proxy(&file, &["--no-watch", "--workers", "1"]).await;
+    let pid = proc.child.0.id();
+    assert_eq!(served_by(proc.egress).await.as_deref(), Some("a"));
+    let before = rss_kib(pid);
+
+    let mut burst = Vec::with_capacity(BURST_CONNECTIONS);
+    for _ in 0..BURST_CONNECTIONS {
+        let mut c = H1::connect(proc.egress).await;
+        assert_eq!(c.get(SERVICE, "/").await.status, StatusCode::OK);
+        burst.push(c);
+    }
+    let during = rss_kib(pid);
+    assert!(
+        during > before + 8 * 1024,
+        "the burst should have grown the heap: {before} -> {during} KiB"
+    );
+    drop(burst);
+
+    // glibc keeps memory freed in the middle of its heap; the trimmer must give it back.
+    let limit = before + (during - before) / 4;
+    let until = Instant::now() + TRIM_WAIT;
+    loop {
+        let now = rss_kib(pid);
+        if now <= limit {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "RSS still {now} KiB {TRIM_WAIT:?} after the burst closed (idle {before}, burst {during})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -447,14 +447,7 @@ impl<'a> Compiler<'a> {
                     model::HttpScheme::Https => "https".to_owned(),
                 }),
                 headers: headers(r, &format!("{base}.headers"), &m.headers)?,
-                query: m
-                    .query_parameters
-                    .iter()
-                    .map(|q| QueryMatch {
-                        name: q.name.clone(),
-                        exact: q.match_.as_ref().and_then(|x| x.exact.clone()),
-                    })
-                    .collect(),
+                query: query_matches(&m.query_parameters),
                 port: m.port.map(port),
                 hostname: m.hostname.as_ref().and_then(host_match),
                 cookies: cookies(r, &format!("{base}.cookies"), &m.cookies)?,
@@ -876,6 +869,17 @@ fn path_match(
         },
         (None, None) => None,
     })
+}
+
+/// A route's `queryParameters`; shared by mesh routes and gateway routes.
+fn query_matches(params: &[model::HttpQueryParameter]) -> Vec<QueryMatch> {
+    params
+        .iter()
+        .map(|q| QueryMatch {
+            name: q.name.clone(),
+            exact: q.match_.as_ref().and_then(|x| x.exact.clone()),
+        })
+        .collect()
 }
 
 /// A route's `method` as an `http::Method`; shared by mesh routes and gateway routes.

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use outrider_route::{GrpcMatch, HttpMatch, QueryMatch, Route, RouteMatch, RouteTable};
+use outrider_route::{GrpcMatch, HttpMatch, Route, RouteMatch, RouteTable};
 
 use super::{
     Compiler, access_log, client_tls, count, headers, host_match, http_method, http_timeouts,
-    listener_tls, path_match, port,
+    listener_tls, path_match, port, query_matches,
 };
 use crate::load::{Kind, Resource, Spec};
 use crate::model::{
@@ -239,14 +239,7 @@ fn http_route(
         path,
         method,
         headers: headers(r, &format!("{base}.headers"), &m.headers)?,
-        query: m
-            .query_parameters
-            .iter()
-            .map(|q| QueryMatch {
-                name: q.name.clone(),
-                exact: q.match_.as_ref().and_then(|x| x.exact.clone()),
-            })
-            .collect(),
+        query: query_matches(&m.query_parameters),
         port: m.port.map(port),
         hostname: m.hostname.as_ref().and_then(host_match),
         ..HttpMatch::default()

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use outrider_route::{HeaderMatch, HostMatch, PathMatch, RouteMatch, StringMatch};
+use outrider_route::{HeaderMatch, HostMatch, PathMatch, Route, RouteMatch, StringMatch};
 use serde_json::{Value, json};
 
 use crate::{
@@ -75,17 +75,7 @@ impl Snapshot {
                             let _ = writeln!(s, "      (no routes)");
                         }
                         for (i, route) in l.routes.routes().iter().enumerate() {
-                            let prio = route
-                                .priority
-                                .map(|p| format!(" priority {p}"))
-                                .unwrap_or_default();
-                            let _ = writeln!(
-                                s,
-                                "      {}. {}{prio}: {}",
-                                i + 1,
-                                route.name,
-                                describe_match(&route.matcher)
-                            );
+                            route_line(&mut s, i, route);
                             let _ = writeln!(s, "         -> {}", self.targets(&route.action));
                             let _ = writeln!(
                                 s,
@@ -216,17 +206,7 @@ impl Snapshot {
                 let _ = writeln!(s, "      (no gateway routes)");
             }
             for (i, route) in l.routes.routes().iter().enumerate() {
-                let prio = route
-                    .priority
-                    .map(|p| format!(" priority {p}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    s,
-                    "      {}. {}{prio}: {}",
-                    i + 1,
-                    route.name,
-                    describe_match(&route.matcher)
-                );
+                route_line(s, i, route);
                 let a = &route.action;
                 let target = self.backends.get(a.service).map_or("?", |b| &*b.name);
                 let port = a.port.map(|p| format!(":{p}")).unwrap_or_default();
@@ -352,6 +332,21 @@ fn host(h: &HostMatch) -> String {
 }
 
 /// One line describing a route's match.
+/// `N. name[ priority P]: match`, the first line of a route (mesh or gateway) in a summary.
+fn route_line<A>(s: &mut String, index: usize, route: &Route<A>) {
+    let prio = route
+        .priority
+        .map(|p| format!(" priority {p}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "      {}. {}{prio}: {}",
+        index + 1,
+        route.name,
+        describe_match(&route.matcher)
+    );
+}
+
 fn describe_match(m: &RouteMatch) -> String {
     let mut parts: Vec<String> = Vec::new();
     match m {

@@ -144,6 +144,25 @@ struct Plan {
     route: Option<Arc<str>>,
 }
 
+impl Plan {
+    /// To a cluster's balancer, with the policies of the route that chose it.
+    fn cluster(
+        upstream: &Arc<Upstream>,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        route: Option<Arc<str>>,
+    ) -> Plan {
+        Plan {
+            h2: upstream.protocol().is_h2(),
+            upstream: upstream.clone(),
+            fixed: None,
+            timeouts,
+            retry,
+            route,
+        }
+    }
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -535,14 +554,12 @@ async fn decide(
             timeouts,
             retry,
             route,
-        } => Ok(Plan {
-            h2: upstream.protocol().is_h2(),
-            upstream: upstream.clone(),
-            fixed: None,
+        } => Ok(Plan::cluster(
+            upstream,
             timeouts,
             retry,
-            route: route.map(Arc::from),
-        }),
+            route.map(Arc::from),
+        )),
         HttpDecision::NoRoute => Err(LocalReason::NoRoute),
         HttpDecision::NoCluster => Err(LocalReason::NoHealthyUpstream),
         HttpDecision::Unknown(outrider_config::EgressFilter::DropAll) => Err(LocalReason::NoRoute),
@@ -621,15 +638,13 @@ fn decide_gateway(
             timeouts,
             retry,
             route: mesh_route,
-        } => Ok(Plan {
-            h2: upstream.protocol().is_h2(),
-            upstream: upstream.clone(),
-            fixed: None,
+        } => Ok(Plan::cluster(
+            upstream,
             timeouts,
             retry,
             // The mesh route says more about where the request went; else the gateway route.
-            route: Some(mesh_route.map_or_else(|| route.name.clone(), Arc::from)),
-        }),
+            Some(mesh_route.map_or_else(|| route.name.clone(), Arc::from)),
+        )),
         HttpDecision::NoRoute | HttpDecision::Unknown(_) => Err(LocalReason::NoRoute),
         HttpDecision::NoCluster => Err(LocalReason::NoHealthyUpstream),
     }

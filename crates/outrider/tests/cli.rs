@@ -2,12 +2,16 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns, unwrap here
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::listening_line;
 
 const BIN: &str = env!("CARGO_BIN_EXE_outrider");
 /// How long a spawned proxy may take to start, or to exit after being told to.
@@ -205,20 +209,6 @@ fn run_refuses_a_broken_spec() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("ghost"));
-}
-
-/// Parses `outrider: ingress A egress B admin C` from the proxy's start-up line.
-fn listening_line(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
-    let rest = line.split("outrider: ingress ").nth(1)?;
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    match words.as_slice() {
-        [ingress, "egress", egress, "admin", admin, ..] => Some((
-            ingress.parse().ok()?,
-            egress.parse().ok()?,
-            admin.parse().ok()?,
-        )),
-        _ => None,
-    }
 }
 
 #[test]

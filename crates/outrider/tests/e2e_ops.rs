@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    CLIENT, H1, client, h1_request, local_node, mesh, node, route, router, service_node,
-    service_router, stream,
+    CLIENT, H1, client, h1_request, listening_line, local_node, mesh, node, route, router,
+    service_node, service_router, stream,
 };
 use http::{Method, StatusCode};
 use outrider_app::{ConfigSource, ProxyOptions, RunningProxy};
@@ -253,20 +253,6 @@ async fn spawn_proxy(config: &Path, extra: &[&str]) -> Proc {
         ingress,
         egress,
         admin,
-    }
-}
-
-/// Parses `outrider: ingress A egress B admin C` from the proxy's start-up line.
-fn listening_line(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
-    let rest = line.split("outrider: ingress ").nth(1)?;
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    match words.as_slice() {
-        [ingress, "egress", egress, "admin", admin, ..] => Some((
-            ingress.parse().ok()?,
-            egress.parse().ok()?,
-            admin.parse().ok()?,
-        )),
-        _ => None,
     }
 }
 

@@ -1,15 +1,14 @@
 //! TLS origination toward an upstream cluster, from a client policy.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
-use crate::files::{self, Stamps};
+use crate::files::{self, Reloadable, Stamps};
 use crate::server::{HANDSHAKE_TIMEOUT_CLIENT, provider, spawn_reloader};
 use crate::verify::{UpstreamVerifier, parse_sans};
 use crate::{ALPN_H2, ALPN_HTTP1, TlsError};
@@ -19,8 +18,7 @@ pub struct ClientTls {
     spec: outrider_config::ClientTls,
     h2: bool,
     server_name: ServerName<'static>,
-    config: ArcSwap<ClientConfig>,
-    stamps: Mutex<Stamps>,
+    config: Reloadable<ClientConfig>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -45,8 +43,7 @@ impl ClientTls {
             spec: spec.clone(),
             h2,
             server_name,
-            config: ArcSwap::from_pointee(config),
-            stamps: Mutex::new(stamps),
+            config: Reloadable::new(config, stamps),
         });
         spawn_reloader(Arc::downgrade(&tls), |t: &ClientTls| t.reload());
         Ok(tls)
@@ -62,35 +59,16 @@ impl ClientTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let connector = tokio_rustls::TlsConnector::from(self.config.load_full());
+        let connector = tokio_rustls::TlsConnector::from(self.config.current());
         let handshake = connector.connect(self.server_name.clone(), io);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT_CLIENT, handshake).await {
-            Ok(res) => res,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )),
-        }
+        files::within(HANDSHAKE_TIMEOUT_CLIENT, handshake).await
     }
 
     /// Rebuilds the config when a file changed. Returns true when a new config is in place;
     /// on error the previous config stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.spec);
-        {
-            let Ok(seen) = self.stamps.lock() else {
-                return Ok(false);
-            };
-            if *seen == now {
-                return Ok(false);
-            }
-        }
-        let config = build(&self.spec, self.h2)?;
-        self.config.store(Arc::new(config));
-        if let Ok(mut seen) = self.stamps.lock() {
-            *seen = now;
-        }
-        Ok(true)
+        self.config
+            .reload_if_changed(stamps(&self.spec), || build(&self.spec, self.h2))
     }
 }
 

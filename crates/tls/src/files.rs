@@ -28,6 +28,62 @@ impl Stamps {
     }
 }
 
+/// A TLS config rebuilt when its files change; shared by listeners and origination.
+pub(crate) struct Reloadable<T> {
+    config: arc_swap::ArcSwap<T>,
+    stamps: std::sync::Mutex<Stamps>,
+}
+
+impl<T> Reloadable<T> {
+    pub(crate) fn new(config: T, stamps: Stamps) -> Self {
+        Reloadable {
+            config: arc_swap::ArcSwap::from_pointee(config),
+            stamps: std::sync::Mutex::new(stamps),
+        }
+    }
+
+    /// The config in place now.
+    pub(crate) fn current(&self) -> std::sync::Arc<T> {
+        self.config.load_full()
+    }
+
+    /// Rebuilds with `build` when `now` differs from the stamps last built from. True when a
+    /// new config is in place; on error the previous config stays.
+    pub(crate) fn reload_if_changed(
+        &self,
+        now: Stamps,
+        build: impl FnOnce() -> Result<T, TlsError>,
+    ) -> Result<bool, TlsError> {
+        {
+            let Ok(seen) = self.stamps.lock() else {
+                return Ok(false);
+            };
+            if *seen == now {
+                return Ok(false);
+            }
+        }
+        self.config.store(std::sync::Arc::new(build()?));
+        if let Ok(mut seen) = self.stamps.lock() {
+            *seen = now;
+        }
+        Ok(true)
+    }
+}
+
+/// Runs a handshake within `limit`; running out is a `TimedOut` I/O error.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    handshake: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(res) => res,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
+
 fn read(path: &str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: PathBuf::from(path),

@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
-use crate::files::{self, Stamps};
+use crate::files::{self, Reloadable, Stamps};
 use crate::verify::{PeerVerifier, parse_sans};
 use crate::{ALPN_H2, ALPN_HTTP1, RELOAD_INTERVAL, TlsError};
 
@@ -28,8 +28,7 @@ type Cache = HashMap<ListenerTls, Arc<ServerTls>>;
 /// The TLS side of one listener: the current server config, swapped when files change.
 pub struct ServerTls {
     spec: ListenerTls,
-    config: ArcSwap<ServerConfig>,
-    stamps: Mutex<Stamps>,
+    config: Reloadable<ServerConfig>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -76,8 +75,7 @@ impl ServerTls {
         let config = build(spec)?;
         let tls = Arc::new(ServerTls {
             spec: spec.clone(),
-            config: ArcSwap::from_pointee(config),
-            stamps: Mutex::new(stamps),
+            config: Reloadable::new(config, stamps),
         });
         spawn_reloader(Arc::downgrade(&tls), |t: &ServerTls| t.reload());
         Ok(tls)
@@ -93,34 +91,15 @@ impl ServerTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-            Ok(res) => res,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )),
-        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
+        files::within(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await
     }
 
     /// Rebuilds the config when a file changed. Returns true when a new config is in place;
     /// on error the previous config stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.spec);
-        {
-            let Ok(seen) = self.stamps.lock() else {
-                return Ok(false);
-            };
-            if *seen == now {
-                return Ok(false);
-            }
-        }
-        let config = build(&self.spec)?;
-        self.config.store(Arc::new(config));
-        if let Ok(mut seen) = self.stamps.lock() {
-            *seen = now;
-        }
-        Ok(true)
+        self.config
+            .reload_if_changed(stamps(&self.spec), || build(&self.spec))
     }
 }
 

@@ -356,3 +356,17 @@ fn port_mappings(listeners: &[(u16, &str)]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Parses `outrider: ingress A egress B admin C` from the proxy's start-up line.
+pub fn listening_line(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
+    let rest = line.split("outrider: ingress ").nth(1)?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    match words.as_slice() {
+        [ingress, "egress", egress, "admin", admin, ..] => Some((
+            ingress.parse().ok()?,
+            egress.parse().ok()?,
+            admin.parse().ok()?,
+        )),
+        _ => None,
+    }
+}

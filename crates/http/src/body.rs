@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use outrider_policy::Permit;
 
-use crate::pool::PoolReturn;
+use crate::h1client::{H1Body, H1BodyError};
 
 /// A body sent upstream: nothing, bytes kept for replay (retries), or the downstream stream.
 #[derive(Debug)]
@@ -87,27 +87,64 @@ impl Drop for RespBody {
 
 enum RespKind {
     Upstream {
-        inner: Incoming,
-        on_end: Option<PoolReturn>,
+        inner: UpstreamBody,
         /// The circuit-breaker slot this exchange holds until its body ends.
         permit: Option<Permit>,
     },
     Full(Option<Bytes>),
 }
 
+/// A response body from upstream: hyper's HTTP/2 stream, or an HTTP/1.1 body read from the
+/// connection (which goes back to its pool once the body is read to the end).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    H2(Incoming),
+    H1(H1Body),
+}
+
+/// Why a body from upstream ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] H1BodyError),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::H1),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::H2),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 impl RespBody {
     /// A body streamed from upstream.
-    pub(crate) fn upstream(
-        inner: Incoming,
-        on_end: Option<PoolReturn>,
-        permit: Option<Permit>,
-    ) -> Self {
+    pub(crate) fn upstream(inner: UpstreamBody, permit: Option<Permit>) -> Self {
         let mut body = RespBody {
-            kind: RespKind::Upstream {
-                inner,
-                on_end,
-                permit,
-            },
+            kind: RespKind::Upstream { inner, permit },
             log: None,
         };
         body.release_if_done();
@@ -148,7 +185,7 @@ impl RespBody {
         }
     }
 
-    fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) {
+    fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BodyError>>>) {
         let Some(state) = self.log.as_mut() else {
             return;
         };
@@ -165,18 +202,12 @@ impl RespBody {
         }
     }
 
+    /// Frees the circuit-breaker slot of an exchange whose body is already complete.
     fn release_if_done(&mut self) {
-        if let RespKind::Upstream {
-            inner,
-            on_end,
-            permit,
-        } = &mut self.kind
+        if let RespKind::Upstream { inner, permit } = &mut self.kind
             && inner.is_end_stream()
         {
             permit.take();
-            if let Some(ret) = on_end.take() {
-                ret.release();
-            }
         }
     }
 }
@@ -189,44 +220,21 @@ impl std::fmt::Debug for RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             RespKind::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
-            RespKind::Upstream {
-                inner,
-                on_end,
-                permit,
-            } => {
+            RespKind::Upstream { inner, permit } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
                     || inner.is_end_stream()
                 {
                     permit.take();
-                }
-                match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(ret) = on_end.take() {
-                            ret.release();
-                        }
-                    }
-                    Poll::Ready(Some(Err(_))) => {
-                        // A broken body means a broken connection: never reuse it.
-                        on_end.take();
-                    }
-                    Poll::Ready(Some(Ok(_))) => {
-                        if inner.is_end_stream()
-                            && let Some(ret) = on_end.take()
-                        {
-                            ret.release();
-                        }
-                    }
-                    Poll::Pending => {}
                 }
                 polled
             }

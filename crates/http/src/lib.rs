@@ -4,6 +4,7 @@
 mod access;
 mod body;
 mod explain;
+mod h1client;
 mod headers;
 mod health;
 mod idle;
@@ -16,7 +17,7 @@ mod smuggle;
 mod upstream;
 
 pub use access::{AccessLog, next_connection_id};
-pub use body::{ReqBody, RespBody};
+pub use body::{BodyError, ReqBody, RespBody, UpstreamBody};
 pub use explain::{
     ClusterReport, DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, EndpointLine, ExplainDirection,
     ExplainError, ExplainRequest, Explanation, Outcome, RouteReport, TargetReport, TcpCandidate,

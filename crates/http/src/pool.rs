@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrider_telemetry::ClusterStats;
 use outrider_tls::{ClientTls, MaybeTls};
 use outrider_transport::{ConnectError, Gather};
 use tokio::net::TcpStream;
 
-use crate::body::ReqBody;
+use crate::body::{ReqBody, UpstreamBody};
+use crate::h1client::{self, ExchangeErrorKind, H1Conn};
 
 /// Idle HTTP/1.1 connections kept per endpoint. Default is 128.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -24,8 +25,6 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most pass-through destinations (ALLOW_ALL) kept with pools at once. Default is 1024.
 const MAX_PASSTHROUGH_POOLS: usize = 1024;
-/// How many stale idle connections one request may discard before dialing a new one.
-const MAX_STALE_TRIES: usize = 4;
 
 /// Why an upstream exchange failed before a response head arrived.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +41,10 @@ pub enum SendError {
     /// The connection or stream broke after the request was (maybe) sent.
     #[error("upstream reset before response headers: {0}")]
     Reset(#[source] hyper::Error),
+    /// An HTTP/1.1 exchange failed before a usable response head: the connection broke or
+    /// closed, or the upstream's answer was not valid HTTP/1.1.
+    #[error("upstream reset before response headers: {0}")]
+    Http1(#[source] ExchangeErrorKind),
 }
 
 impl SendError {
@@ -73,7 +76,7 @@ pub enum Origination {
 pub(crate) type SharedOrigination = Arc<ArcSwap<Origination>>;
 
 struct Idle {
-    tx: http1::SendRequest<ReqBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -85,26 +88,6 @@ pub struct EndpointPool {
     h2_dial: tokio::sync::Mutex<()>,
     stats: ClusterStats,
     origination: SharedOrigination,
-}
-
-/// Gives an HTTP/1.1 connection back to its pool when the response body has been read.
-pub(crate) struct PoolReturn {
-    pool: Arc<EndpointPool>,
-    tx: http1::SendRequest<ReqBody>,
-    /// The connection was dialed for this request (not reused from the pool).
-    dialed: bool,
-}
-
-impl PoolReturn {
-    /// Whether the request waited for a new connection (TCP, TLS, handshake): its latency
-    /// then says more about connection set-up than about how busy the endpoint is.
-    pub(crate) fn dialed(&self) -> bool {
-        self.dialed
-    }
-
-    pub(crate) fn release(self) {
-        self.pool.put_idle(self.tx);
-    }
 }
 
 impl EndpointPool {
@@ -129,10 +112,9 @@ impl EndpointPool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    fn put_idle(&self, tx: http1::SendRequest<ReqBody>) {
-        if tx.is_closed() {
-            return;
-        }
+    /// Keeps an HTTP/1.1 connection whose last response was read to the end, for the next
+    /// request to this endpoint.
+    pub(crate) fn put_idle(&self, conn: H1Conn) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -147,29 +129,31 @@ impl EndpointPool {
             idle.drain(..expired);
         }
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(Idle { tx, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<ReqBody>> {
+    /// The most recently used idle connection that is still open and not expired.
+    fn take_idle(&self) -> Option<H1Conn> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
-        while let Some(c) = idle.pop() {
-            if !c.tx.is_closed() && now.duration_since(c.since) < POOL_IDLE_TIMEOUT {
-                return Some(c.tx);
+        while let Some(mut c) = idle.pop() {
+            if now.duration_since(c.since) < POOL_IDLE_TIMEOUT && c.conn.is_reusable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Sends one request over HTTP/1.1 or HTTP/2 (h2c). For HTTP/1.1 the connection goes back
-    /// to the pool through the returned [`PoolReturn`] once the response body is read.
+    /// Sends one request over HTTP/1.1 or HTTP/2 (h2c). Also says whether the request waited
+    /// for a new connection. An HTTP/1.1 connection goes back to the pool once the response
+    /// body is read to the end.
     pub(crate) fn send(
         self: &Arc<Self>,
         h2: bool,
         req: Request<ReqBody>,
         connect_timeout: Duration,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> {
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, bool), SendError>> {
         use futures_util::TryFutureExt as _;
         use futures_util::future::Either;
 
@@ -177,7 +161,7 @@ impl EndpointPool {
         if h2 {
             Either::Left(
                 self.send_h2(req, connect_timeout)
-                    .map_ok(|r| (r, None::<PoolReturn>)),
+                    .map_ok(|r| (r.map(UpstreamBody::H2), false)),
             )
         } else {
             Either::Right(self.send_h1(req, connect_timeout))
@@ -192,66 +176,38 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
         connect_timeout: Duration,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), SendError>> {
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, bool), SendError>> {
         async move {
-            for _ in 0..MAX_STALE_TRIES {
-                let Some(mut tx) = self.take_idle() else {
-                    break;
-                };
-                if tx.ready().await.is_err() {
-                    continue;
-                }
-                match tx.try_send_request(req).await {
-                    Ok(resp) => {
-                        return Ok((
-                            resp,
-                            Some(PoolReturn {
-                                pool: self.clone(),
-                                tx,
-                                dialed: false,
-                            }),
-                        ));
+            // Dialing is the rare path and its future (connect, TLS) is large: boxed so that
+            // every request reusing a pooled connection does not carry it.
+            let (mut conn, mut dialed) = match self.take_idle() {
+                Some(conn) => (conn, false),
+                None => (Box::pin(self.dial_h1(connect_timeout)).await?, true),
+            };
+            // An idempotent request that can be sent again (its body is not streaming) gets a
+            // new connection when a reused one turns out closed before any answer: the
+            // upstream closed it while idle, as the request was on its way (RFC 9110 9.2.2).
+            let resend = !matches!(req.body(), ReqBody::Stream(_)) && idempotent(req.method());
+            loop {
+                match h1client::exchange(&mut conn, &mut req).await {
+                    Ok((head, upload)) => {
+                        let resp = h1client::response(conn, head, upload, self);
+                        return Ok((resp.map(UpstreamBody::H1), dialed));
                     }
-                    Err(mut err) => match err.take_message() {
-                        // The request never left: a stale keep-alive connection. Try another.
-                        Some(back) => req = back,
-                        None => return Err(SendError::Reset(err.into_error())),
-                    },
+                    Err(err) if !dialed && resend && err.nothing_received => {
+                        drop(conn);
+                        conn = Box::pin(self.dial_h1(connect_timeout)).await?;
+                        dialed = true;
+                    }
+                    Err(err) => return Err(SendError::Http1(err.kind)),
                 }
-            }
-            // Dialing is the rare path and its future (connect, TLS, handshake) is large: boxed so
-            // that every request reusing a pooled connection does not carry it.
-            let mut tx = Box::pin(self.dial_h1(connect_timeout)).await?;
-            match tx.try_send_request(req).await {
-                Ok(resp) => Ok((
-                    resp,
-                    Some(PoolReturn {
-                        pool: self.clone(),
-                        tx,
-                        dialed: true,
-                    }),
-                )),
-                Err(err) => Err(SendError::Reset(err.into_error())),
             }
         }
     }
 
-    async fn dial_h1(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<http1::SendRequest<ReqBody>, SendError> {
+    async fn dial_h1(&self, connect_timeout: Duration) -> Result<H1Conn, SendError> {
         let stream = self.connect(connect_timeout).await?;
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(Gather::new(stream)))
-            .await
-            .map_err(SendError::Handshake)?;
-        let stats = self.stats.clone();
-        tokio::spawn(async move {
-            // Upgrades (WebSocket) take the connection over after a 101.
-            let _ = conn.with_upgrades().await;
-            stats.cx_active.decrement(1.0);
-        });
-        Ok(tx)
+        Ok(H1Conn::new(stream, self.stats.cx_active.clone()))
     }
 
     #[expect(
@@ -355,6 +311,14 @@ impl EndpointPool {
             }
         }
     }
+}
+
+/// Methods a client may send again without asking (RFC 9110 9.2.2).
+pub(crate) fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn is_refused(err: &hyper::Error) -> bool {
@@ -480,15 +444,14 @@ mod tests {
             SharedOrigination::default(),
         ));
         for expect_dialed in [true, false, false] {
-            let (resp, back) = pool
+            let (resp, dialed) = pool
                 .send(false, get(), Duration::from_secs(2))
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap();
-            let back = back.expect("HTTP/1.1 hands the connection back");
-            assert_eq!(back.dialed(), expect_dialed);
-            back.release();
+            assert_eq!(dialed, expect_dialed);
+            assert_eq!(pool.idle_count(), 1, "the connection is back in the pool");
         }
     }
 }

@@ -24,11 +24,13 @@ use outrider_telemetry::tracing_export::{
 };
 use tokio::time::timeout_at;
 
+use crate::body::UpstreamBody;
 use crate::body::{ReqBody, RespBody};
+use crate::h1client::H1Conn;
 use crate::headers::{add_forwarding, is_upgrade, split_authority, strip_hop_by_hop};
 use crate::idle::Activity;
 use crate::local::{LocalReason, local_reply};
-use crate::pool::{PoolReturn, SendError};
+use crate::pool::SendError;
 use crate::runtime::{HttpDecision, NO_RETRY, Runtime};
 use crate::upstream::Upstream;
 
@@ -465,21 +467,21 @@ fn handle_inner(
             t.upstream_host = host;
         }
         let mut resp = match forwarded {
-            Ok((resp, pool_return, permit)) => {
-                let (mut head, body) = resp.into_parts();
-                let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
-                if switching {
-                    if let Some(down) = on_upgrade {
-                        let up = hyper::upgrade::on(Response::from_parts(head.clone(), ()));
+            Ok((resp, permit)) => {
+                let (mut head, mut body) = resp.into_parts();
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    // The upstream connection leaves the pool for good: it becomes one end of
+                    // a byte pipe.
+                    if let (Some(down), UpstreamBody::H1(b)) = (on_upgrade, &mut body)
+                        && let Some(up) = b.take_upgraded()
+                    {
                         splice_upgrade(down, up);
                     }
                 } else {
                     strip_hop_by_hop(&mut head.headers, false);
                 }
                 head.version = downstream_version;
-                // An upgraded connection is never returned to the pool.
-                let pool_return = if switching { None } else { pool_return };
-                Response::from_parts(head, RespBody::upstream(body, pool_return, permit))
+                Response::from_parts(head, RespBody::upstream(body, permit))
             }
             Err(reason) => local_reply(reason, grpc),
         };
@@ -806,26 +808,22 @@ impl Template {
     }
 
     fn idempotent(&self) -> bool {
-        matches!(
-            self.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        )
+        crate::pool::idempotent(&self.method)
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per attempt and unpacked at once: boxing would allocate per request"
+)]
 enum Attempt {
-    Response(Response<Incoming>, Option<PoolReturn>),
+    Response(Response<UpstreamBody>),
     Failed(LocalReason, bool),
 }
 
-/// What [`forward`] hands back: the response, the HTTP/1 connection to return once its body
-/// is read, and the circuit-breaker slot held until then.
-type Forwarded = (Response<Incoming>, Option<PoolReturn>, Option<Permit>);
+/// What [`forward`] hands back: the response, and the circuit-breaker slot held until its body
+/// is read.
+type Forwarded = (Response<UpstreamBody>, Option<Permit>);
 
 /// Sends the request with retries. Sets `skipped` when a retry was due but the body could not
 /// be replayed.
@@ -899,7 +897,7 @@ fn forward(
             )
             .await;
             match outcome {
-                Attempt::Response(resp, pool_return) => {
+                Attempt::Response(resp) => {
                     let status = resp.status().as_u16();
                     let retriable = retry_on_response(&plan.retry, &template, &resp);
                     *skipped |= retriable && allowed && replay.is_none();
@@ -914,13 +912,12 @@ fn forward(
                             _retry = Some(slot);
                             stats.rq_retry.increment(1);
                             drop(resp);
-                            drop(pool_return);
                         }
                         None => {
                             if attempt > 0 && status < 500 {
                                 stats.rq_retry_success.increment(1);
                             }
-                            return Ok((resp, pool_return, permit));
+                            return Ok((resp, permit));
                         }
                     }
                 }
@@ -1091,7 +1088,7 @@ fn one_attempt(
             None => send.await,
         };
         match result {
-            Ok((resp, pool_return)) => {
+            Ok((resp, dialed)) => {
                 let status = resp.status().as_u16();
                 if let Some((t, child, start, host)) = span {
                     client_span(template, plan.h2, t, child, (start, host), addr, Ok(status));
@@ -1105,11 +1102,11 @@ fn one_attempt(
                     // A sample that includes dialing would make the latency-aware balancer
                     // shun the endpoint for as long as the sample takes to decay, for a cost
                     // paid once per connection.
-                    if !pool_return.as_ref().is_some_and(PoolReturn::dialed) {
+                    if !dialed {
                         g.finish(elapsed);
                     }
                 }
-                Attempt::Response(resp, pool_return)
+                Attempt::Response(resp)
             }
             Err(err) => {
                 tracing::debug!(cluster = upstream.name(), %addr, error = %err, "upstream attempt failed");
@@ -1210,13 +1207,13 @@ fn retry_on_error(policy: &RetryPolicy, err: &SendError) -> bool {
         SendError::Refused(_) => policy.http_events & http_retry::STREAM_ERROR != 0,
         // A reset after sending may have been processed: only an explicit stream-error
         // policy retries it, never App Mesh's implicit default.
-        SendError::Reset(_) => {
+        SendError::Reset(_) | SendError::Http1(_) => {
             policy.http_events & http_retry::STREAM_ERROR != 0 && !policy.implicit
         }
     }
 }
 
-fn retry_on_response(policy: &RetryPolicy, template: &Template, resp: &Response<Incoming>) -> bool {
+fn retry_on_response<B>(policy: &RetryPolicy, template: &Template, resp: &Response<B>) -> bool {
     if policy.implicit && !template.idempotent() {
         return false;
     }
@@ -1248,19 +1245,27 @@ fn retry_on_response(policy: &RetryPolicy, template: &Template, resp: &Response<
     false
 }
 
-/// After a 101, both connections become a byte pipe.
-fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+/// After a 101, both connections become a byte pipe. Bytes the upstream sent right behind its
+/// 101 (already read with the head) go downstream first.
+fn splice_upgrade(down: hyper::upgrade::OnUpgrade, mut up: H1Conn) {
     tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(down, up) {
-            Ok(pair) => pair,
+        let down = match down.await {
+            Ok(down) => down,
             Err(err) => {
                 tracing::debug!(error = %err, "upgrade failed");
                 return;
             }
         };
         let mut down = hyper_util::rt::TokioIo::new(down);
-        let mut up = hyper_util::rt::TokioIo::new(up);
-        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        let (up, early) = up.upgraded();
+        if !early.is_empty()
+            && tokio::io::AsyncWriteExt::write_all(&mut down, &early)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut down, up).await;
     });
 }
 

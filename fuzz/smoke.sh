@@ -12,7 +12,7 @@ seconds="${SMOKE_SECONDS:-10}"
 seed="${SMOKE_SEED:-1}"
 toolchain="${FUZZ_TOOLCHAIN:-+nightly}"
 # SMOKE_TARGETS (space-separated) runs a subset.
-read -r -a targets <<<"${SMOKE_TARGETS:-config_parse route_match access_log_format iptables_plan detect proxy_request}"
+read -r -a targets <<<"${SMOKE_TARGETS:-config_parse route_match access_log_format iptables_plan detect proxy_request upstream_response}"
 
 if ! cargo "$toolchain" fuzz --version >/dev/null 2>&1; then
     echo "smoke.sh: cargo-fuzz or the nightly toolchain is missing" >&2

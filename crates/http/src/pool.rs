@@ -148,10 +148,13 @@ impl EndpointPool {
     /// Sends one request over HTTP/1.1 or HTTP/2 (h2c). Also says whether the request waited
     /// for a new connection. An HTTP/1.1 connection goes back to the pool once the response
     /// body is read to the end.
+    ///
+    /// HTTP/2 takes the request out of `req`; HTTP/1.1 leaves its head there (and a body that
+    /// does not stream), so the caller can send it again.
     pub(crate) fn send(
         self: &Arc<Self>,
         h2: bool,
-        req: Request<ReqBody>,
+        req: &mut Request<ReqBody>,
         connect_timeout: Duration,
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, bool), SendError>> {
         use futures_util::TryFutureExt as _;
@@ -159,6 +162,7 @@ impl EndpointPool {
 
         // Either, not an async block: the request is held only by the protocol's own future.
         if h2 {
+            let req = std::mem::replace(req, Request::new(ReqBody::Empty));
             Either::Left(
                 self.send_h2(req, connect_timeout)
                     .map_ok(|r| (r.map(UpstreamBody::H2), false)),
@@ -174,7 +178,7 @@ impl EndpointPool {
     )]
     fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<ReqBody>,
+        req: &mut Request<ReqBody>,
         connect_timeout: Duration,
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, bool), SendError>> {
         async move {
@@ -189,7 +193,7 @@ impl EndpointPool {
             // upstream closed it while idle, as the request was on its way (RFC 9110 9.2.2).
             let resend = !matches!(req.body(), ReqBody::Stream(_)) && idempotent(req.method());
             loop {
-                match h1client::exchange(&mut conn, &mut req).await {
+                match h1client::exchange(&mut conn, req).await {
                     Ok((head, upload)) => {
                         let resp = h1client::response(conn, head, upload, self);
                         return Ok((resp.map(UpstreamBody::H1), dialed));
@@ -445,7 +449,7 @@ mod tests {
         ));
         for expect_dialed in [true, false, false] {
             let (resp, dialed) = pool
-                .send(false, get(), Duration::from_secs(2))
+                .send(false, &mut get(), Duration::from_secs(2))
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);

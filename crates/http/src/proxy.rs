@@ -1039,10 +1039,10 @@ fn one_attempt(
         };
         *used = Some(addr);
         let pool = upstream.pools.get(addr);
-        // Built in a block so that the request, once moved to the pool, takes no room in this
-        // future while the attempt is in flight.
-        let (req, span) = {
-            let mut req = template.request(body, plan.h2, keep_headers);
+        // HTTP/1.1 sends the request by reference and hands its headers back to the template
+        // afterwards, so only HTTP/2 (which takes the request) copies them for a retry.
+        let (mut req, span) = {
+            let mut req = template.request(body, plan.h2, keep_headers && plan.h2);
             let span = template.trace.as_ref().map(|t| {
                 let child = t.request.child();
                 inject(&child, req.headers_mut(), t.request.formats);
@@ -1065,27 +1065,29 @@ fn one_attempt(
         upstream.stats.rq_total.increment(1);
         // The upstream time (stats, balancer latency) starts here, not at the downstream request.
         let started = Instant::now();
-        let send = pool.send(plan.h2, req, upstream.connect_timeout());
+        let send = pool.send(plan.h2, &mut req, upstream.connect_timeout());
         let result = match try_deadline {
-            Some(d) => match timeout_at(d, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if let Some((t, child, start, host)) = span {
-                        client_span(
-                            template,
-                            plan.h2,
-                            t,
-                            child,
-                            (start, host),
-                            addr,
-                            Err("timeout"),
-                        );
-                    }
-                    // Dropping the future cancels the upstream attempt.
-                    return Attempt::Failed(LocalReason::Timeout, true);
-                }
-            },
-            None => send.await,
+            Some(d) => timeout_at(d, send).await.ok(),
+            None => Some(send.await),
+        };
+        if keep_headers && !plan.h2 {
+            template.headers = std::mem::take(req.headers_mut());
+        }
+        drop(req);
+        let Some(result) = result else {
+            if let Some((t, child, start, host)) = span {
+                client_span(
+                    template,
+                    plan.h2,
+                    t,
+                    child,
+                    (start, host),
+                    addr,
+                    Err("timeout"),
+                );
+            }
+            // Dropping the future cancelled the upstream attempt.
+            return Attempt::Failed(LocalReason::Timeout, true);
         };
         match result {
             Ok((resp, dialed)) => {

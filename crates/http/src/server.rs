@@ -128,7 +128,9 @@ pub async fn serve_connection(
         };
         if terminate {
             drop(runtime);
-            serve_tls(stream, &tls, ctx, conn, opts, shutdown).await;
+            // Boxed: the TLS path's future (handshake, TLS stream, its own HTTP server) is
+            // twice the plaintext one, and every connection's task would otherwise carry it.
+            Box::pin(serve_tls(stream, &tls, ctx, conn, opts, shutdown)).await;
             return;
         }
     }

@@ -10,12 +10,14 @@
 //!   without one; otherwise it half-closes right after the response;
 //! - bit 3: the first [`TRICKLE_BYTES`] are written a few bytes at a time (partial heads,
 //!   chunk-size lines and trailers across reads);
+//! - bit 4: a POST's body is chunked (the proxy streams it upstream, alongside the response
+//!   when the upstream answers early) instead of sized (the proxy buffers it for replay);
 //! - bit 6: the upstream ends the connection with a reset (zero linger) instead of a FIN;
 //! - bit 7: a [`FILLER`]-byte field goes in after the first line, past the 64 KiB head limit.
 //!
-//! Bits 4 and 5 are unused, so that seeds can start with a printable character: '0'-'3' are
-//! GET, HEAD, POST, Upgrade; '4'-'7' the same with a keep-alive upstream; '8'-'?' the same
-//! trickled; 'P'-'_' as '0'-'?' with a reset; 0x80 and up big heads.
+//! Bit 5 is unused, so that seeds can start with a printable character: '0'-'3' are GET, HEAD,
+//! chunked POST, Upgrade ('"' a sized POST); '4'-'7' the same with a keep-alive upstream;
+//! '8'-'?' the same trickled; 'P'-'_' as '0'-'?' with a reset; 0x80 and up big heads.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -53,6 +55,7 @@ const FILLER: usize = 66 * 1024;
 
 const KEEP_ALIVE: u8 = 1 << 2;
 const TRICKLE: u8 = 1 << 3;
+const CHUNKED_POST: u8 = 1 << 4;
 const RESET: u8 = 1 << 6;
 const BIG_HEAD: u8 = 1 << 7;
 
@@ -155,12 +158,12 @@ async fn upstream_conn(mut s: TcpStream, slot: Slot) {
     let mut wait = FIRST_REQUEST_WAIT;
     let mut mode = 0;
     loop {
-        let request = tokio::time::timeout(wait, read_request(&mut s, &mut buf)).await;
-        let Ok(Some(health)) = request else {
+        let head = tokio::time::timeout(wait, read_head(&mut s, &mut buf)).await;
+        let Ok(Some((health, body))) = head else {
             break;
         };
         if health {
-            if s.write_all(HEALTHY).await.is_err() {
+            if !skip(&mut s, &mut buf, body).await || s.write_all(HEALTHY).await.is_err() {
                 return;
             }
             wait = KEEPALIVE_IDLE;
@@ -171,6 +174,12 @@ async fn upstream_conn(mut s: TcpStream, slot: Slot) {
             .map(|g| Arc::clone(&g))
             .unwrap_or_else(|p| Arc::clone(&p.into_inner()));
         mode = served.mode;
+        // A closing upstream answers before it reads the request body (the proxy goes on
+        // sending it alongside the response); one that keeps the connection reads it first,
+        // to stay in step.
+        if mode & KEEP_ALIVE != 0 && !skip(&mut s, &mut buf, body).await {
+            return;
+        }
         if write_response(&mut s, &served).await.is_err() {
             return;
         }
@@ -197,9 +206,9 @@ async fn upstream_conn(mut s: TcpStream, slot: Slot) {
     .await;
 }
 
-/// Reads one request head and its `content-length` body off the front of `buf`. `Some(true)`
-/// for a health request, `None` at the end of the stream, on an error or past the bound.
-async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
+/// Reads one request head off the front of `buf`: whether it asks for [`HEALTH_PATH`], and how
+/// its body is framed. `None` at the end of the stream, on an error or past the bound.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(bool, ReqBody)> {
     let head_len = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -209,18 +218,41 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
         }
     };
     let head = &buf[..head_len];
-    let health = find(head, HEALTH_PATH).is_some();
-    let body = content_length(head);
-    if body > MAX_REQUEST {
-        return None;
-    }
-    while buf.len() < head_len + body {
-        if !read_more(s, buf).await {
-            return None;
+    let body = if has_field(head, b"transfer-encoding", b"chunked") {
+        ReqBody::Chunked
+    } else {
+        ReqBody::Length(content_length(head))
+    };
+    let parsed = (find(head, HEALTH_PATH).is_some(), body);
+    buf.drain(..head_len);
+    Some(parsed)
+}
+
+/// How the request body the proxy sends is framed.
+#[derive(Clone, Copy)]
+enum ReqBody {
+    Length(usize),
+    Chunked,
+}
+
+/// Consumes the request body off the front of `buf`, reading as needed; false past the bound
+/// or at the end of the stream. A chunked body ends at the first last-chunk: the proxy's own
+/// chunks here carry only "hello".
+async fn skip(s: &mut TcpStream, buf: &mut Vec<u8>, body: ReqBody) -> bool {
+    loop {
+        let end = match body {
+            ReqBody::Length(n) if buf.len() >= n => Some(n),
+            ReqBody::Length(_) => None,
+            ReqBody::Chunked => find(buf, b"0\r\n\r\n").map(|i| i + 5),
+        };
+        if let Some(end) = end {
+            buf.drain(..end);
+            return true;
+        }
+        if buf.len() > MAX_REQUEST || !read_more(s, buf).await {
+            return false;
         }
     }
-    buf.drain(..head_len + body);
-    Some(health)
 }
 
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
@@ -238,18 +270,24 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The values of the field `name` in a request head.
+fn field_values<'a>(head: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    head.split(|b| *b == b'\n').filter_map(move |line| {
+        let colon = line.iter().position(|b| *b == b':')?;
+        let (n, value) = line.split_at(colon);
+        n.eq_ignore_ascii_case(name)
+            .then(|| value[1..].trim_ascii())
+    })
+}
+
+fn has_field(head: &[u8], name: &[u8], value: &[u8]) -> bool {
+    field_values(head, name).any(|v| v.eq_ignore_ascii_case(value))
+}
+
 /// The request's `content-length`, 0 when absent or unreadable.
 fn content_length(head: &[u8]) -> usize {
-    head.split(|b| *b == b'\n')
-        .filter_map(|line| {
-            let colon = line.iter().position(|b| *b == b':')?;
-            let (name, value) = line.split_at(colon);
-            if !name.eq_ignore_ascii_case(b"content-length") {
-                return None;
-            }
-            std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
-        })
-        .next()
+    field_values(head, b"content-length")
+        .find_map(|v| std::str::from_utf8(v).ok()?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -286,6 +324,9 @@ fn request(selector: u8) -> &'static [u8] {
     match selector & 3 {
         0 => b"GET / HTTP/1.1\r\nHost: svc.local\r\nConnection: close\r\n\r\n",
         1 => b"HEAD / HTTP/1.1\r\nHost: svc.local\r\nConnection: close\r\n\r\n",
+        2 if selector & CHUNKED_POST != 0 => {
+            b"POST /p HTTP/1.1\r\nHost: svc.local\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
         2 => b"POST /p HTTP/1.1\r\nHost: svc.local\r\nConnection: close\r\ncontent-length: 5\r\n\r\nhello",
         _ => b"GET /ws HTTP/1.1\r\nHost: svc.local\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\n\r\n",
     }
@@ -349,7 +390,7 @@ fuzz_target!(|data: &[u8]| {
         done.is_ok(),
         "proxy neither answered nor closed within {EXCHANGE_BOUND:?}"
     );
-    if run % HEALTH_EVERY == 0 {
+    if run.is_multiple_of(HEALTH_EVERY) {
         let done = h
             .rt
             .block_on(async { tokio::time::timeout(EXCHANGE_BOUND, check_health(h.egress)).await });

@@ -452,6 +452,10 @@ struct HeadRead {
     received: bool,
     /// Interim (1xx) responses skipped.
     interim: usize,
+    /// Bytes at the front of the buffer already parsed without a complete head. The head is
+    /// parsed again only once a new line has ended, so an upstream that trickles its head a
+    /// byte at a time costs one parse per line, not one per read.
+    parsed: usize,
 }
 
 impl HeadRead {
@@ -465,26 +469,29 @@ impl HeadRead {
     ) -> Poll<Result<Head, ExchangeError>> {
         self.received |= !conn.rbuf.is_empty();
         loop {
-            if !conn.rbuf.is_empty() {
+            let new_line = self.parsed == 0
+                || memchr::memchr(b'\n', conn.rbuf.get(self.parsed..).unwrap_or_default())
+                    .is_some();
+            if !conn.rbuf.is_empty() && new_line {
                 match parse_head(&mut conn.rbuf, head_request, upgrade) {
                     Ok(Some(head))
                         if head.status.is_informational()
                             && head.status != StatusCode::SWITCHING_PROTOCOLS =>
                     {
                         self.interim += 1;
+                        self.parsed = 0;
                         if self.interim > MAX_INTERIM {
                             return Poll::Ready(Err(protocol("too many interim responses")));
                         }
                         continue;
                     }
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
-                    Ok(None) => {
-                        if conn.rbuf.len() > MAX_RESPONSE_HEAD {
-                            return Poll::Ready(Err(protocol("response head too large")));
-                        }
-                    }
+                    Ok(None) => self.parsed = conn.rbuf.len(),
                     Err(reason) => return Poll::Ready(Err(protocol(reason))),
                 }
+            }
+            if conn.rbuf.len() > MAX_RESPONSE_HEAD {
+                return Poll::Ready(Err(protocol("response head too large")));
             }
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) => {

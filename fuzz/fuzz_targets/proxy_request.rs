@@ -26,42 +26,13 @@ struct Harness {
     ingress: SocketAddr,
 }
 
-fn spec(port: u16) -> String {
-    format!(
-        "meshName: m\nspec: {{egressFilter: {{type: DROP_ALL}}}}\n---\n\
-         meshName: m\nvirtualNodeName: front\nspec:\n  backends: [{{virtualService: {{virtualServiceName: svc.local}}}}]\n  listeners: [{{portMapping: {{port: {port}, protocol: http}}}}]\n  serviceDiscovery: {{dns: {{hostname: 127.0.0.1}}}}\n---\n\
-         meshName: m\nvirtualNodeName: up\nspec:\n  listeners: [{{portMapping: {{port: {port}, protocol: http}}}}]\n  serviceDiscovery: {{dns: {{hostname: 127.0.0.1}}}}\n---\n\
-         meshName: m\nvirtualServiceName: svc.local\nspec: {{provider: {{virtualNode: {{virtualNodeName: up}}}}}}\n"
-    )
-}
-
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => panic!("harness runtime: {e}"),
-        };
+        let rt = outrider_fuzz::runtime();
         let (proxy, up) = rt.block_on(async {
             let up = TestServer::http("up");
-            let sel = outrider_config::Selector { mesh: None, node: Some("front".into()), gateway: None };
-            let built = match outrider_config::build_from_str("fuzz.yaml", &spec(up.addr().port()), &sel) {
-                Ok(b) => b,
-                Err(p) => panic!("harness spec must compile: {p:?}"),
-            };
-            let opts = outrider_app::ProxyOptions {
-                admin_addr: None,
-                watch_config: false,
-                ..outrider_app::ProxyOptions::local(Some(built.snapshot))
-            };
-            match outrider_app::start(opts).await {
-                Ok(p) => (p, up),
-                Err(e) => panic!("harness proxy: {e}"),
-            }
+            (outrider_fuzz::start_proxy(up.addr().port()).await, up)
         });
         let (egress, ingress) = (proxy.addrs().egress, proxy.addrs().ingress);
         Harness { rt, _proxy: proxy, _upstream: up, egress, ingress }

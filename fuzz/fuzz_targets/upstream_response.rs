@@ -77,26 +77,10 @@ struct Harness {
     runs: AtomicU64,
 }
 
-fn spec(port: u16) -> String {
-    format!(
-        "meshName: m\nspec: {{egressFilter: {{type: DROP_ALL}}}}\n---\n\
-         meshName: m\nvirtualNodeName: front\nspec:\n  backends: [{{virtualService: {{virtualServiceName: svc.local}}}}]\n  listeners: [{{portMapping: {{port: {port}, protocol: http}}}}]\n  serviceDiscovery: {{dns: {{hostname: 127.0.0.1}}}}\n---\n\
-         meshName: m\nvirtualNodeName: up\nspec:\n  listeners: [{{portMapping: {{port: {port}, protocol: http}}}}]\n  serviceDiscovery: {{dns: {{hostname: 127.0.0.1}}}}\n---\n\
-         meshName: m\nvirtualServiceName: svc.local\nspec: {{provider: {{virtualNode: {{virtualNodeName: up}}}}}}\n"
-    )
-}
-
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => panic!("harness runtime: {e}"),
-        };
+        let rt = outrider_fuzz::runtime();
         let slot: Slot = Arc::new(Mutex::new(Arc::new(Served {
             mode: 0,
             response: Vec::new(),
@@ -111,24 +95,7 @@ fn harness() -> &'static Harness {
                 Err(e) => panic!("harness upstream: {e}"),
             };
             tokio::spawn(upstream(listener, slot.clone()));
-            let sel = outrider_config::Selector {
-                mesh: None,
-                node: Some("front".into()),
-                gateway: None,
-            };
-            let built = match outrider_config::build_from_str("fuzz.yaml", &spec(port), &sel) {
-                Ok(b) => b,
-                Err(p) => panic!("harness spec must compile: {p:?}"),
-            };
-            let opts = outrider_app::ProxyOptions {
-                admin_addr: None,
-                watch_config: false,
-                ..outrider_app::ProxyOptions::local(Some(built.snapshot))
-            };
-            match outrider_app::start(opts).await {
-                Ok(p) => p,
-                Err(e) => panic!("harness proxy: {e}"),
-            }
+            outrider_fuzz::start_proxy(port).await
         });
         let egress = proxy.addrs().egress;
         Harness {

@@ -347,6 +347,13 @@ async fn answer_once_and_close(mut w: Wire<TcpStream>, bytes: Vec<u8>) {
 }
 
 /// A proxy whose egress sends [`HOST`] to the raw upstream.
+/// The proxy in front of `up`, and a client connected to its egress listener.
+async fn proxy_and_client(up: &RawUpstream) -> (RunningProxy, H1) {
+    let proxy = proxy_to(up).await;
+    let client = H1::connect(proxy.addrs().egress).await;
+    (proxy, client)
+}
+
 async fn proxy_to(up: &RawUpstream) -> RunningProxy {
     start(&stream(&[
         mesh("DROP_ALL"),
@@ -355,6 +362,11 @@ async fn proxy_to(up: &RawUpstream) -> RunningProxy {
         service_node(HOST, "target"),
     ]))
     .await
+}
+
+/// Asserts how many connections the proxy opened to the upstream so far (pooling).
+fn expect_connections(up: &RawUpstream, n: usize, why: &str) {
+    assert_eq!(up.accepted(), n, "{why}");
 }
 
 async fn within<F: Future<Output = ()>>(test: F) {
@@ -375,8 +387,7 @@ async fn content_length_body_is_intact_and_upstream_connection_reused() {
             async move { keep_alive(w, move |_, _| ok(&served)).await }
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         for _ in 0..2 {
             let r = c.get(HOST, "/big").await;
             assert_eq!(r.status, StatusCode::OK);
@@ -384,11 +395,7 @@ async fn content_length_body_is_intact_and_upstream_connection_reused() {
             assert_eq!(r.body.len(), body.len());
             assert!(r.body == body, "body bytes differ");
         }
-        assert_eq!(
-            up.accepted(),
-            1,
-            "the second request reuses the pooled connection"
-        );
+        expect_connections(&up, 1, "the second request reuses the pooled connection");
         proxy.shutdown(GRACE).await;
     })
     .await;
@@ -410,8 +417,7 @@ async fn chunked_body_with_extensions_and_trailers_is_intact() {
             })
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         let r = c
             .send(h1_request(Method::GET, HOST, "/", &[("te", "trailers")]))
             .await;
@@ -455,8 +461,7 @@ async fn chunked_body_with_upper_case_hex_sizes_is_intact() {
             }
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         for _ in 0..2 {
             let r = c.get(HOST, "/hex").await;
             assert_eq!(r.status, StatusCode::OK);
@@ -493,17 +498,16 @@ async fn close_delimited_body_is_intact_and_next_request_dials_again() {
             }
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         for _ in 0..2 {
             let r = c.get(HOST, "/eof").await;
             assert_eq!(r.status, StatusCode::OK);
             assert!(r.body == body, "body bytes differ ({} bytes)", r.body.len());
         }
-        assert_eq!(
-            up.accepted(),
+        expect_connections(
+            &up,
             2,
-            "a close-delimited response's connection is not reused"
+            "a close-delimited response's connection is not reused",
         );
         proxy.shutdown(GRACE).await;
     })
@@ -538,11 +542,7 @@ async fn head_with_content_length_has_no_body_and_connection_stays_usable() {
         let (head, body) = read_sized_response(&mut w).await;
         assert!(head.line.starts_with("HTTP/1.1 200"), "{head:?}");
         assert_eq!(body, b"after");
-        assert_eq!(
-            up.accepted(),
-            1,
-            "the upstream connection is reused after HEAD"
-        );
+        expect_connections(&up, 1, "the upstream connection is reused after HEAD");
         proxy.shutdown(GRACE).await;
     })
     .await;
@@ -587,11 +587,7 @@ async fn no_body_204_and_304_keep_connections_reusable() {
         let (head, body) = read_sized_response(&mut w).await;
         assert_eq!(head.status(), 200, "{head:?}");
         assert_eq!(body, b"fresh");
-        assert_eq!(
-            up.accepted(),
-            1,
-            "204 and 304 leave the upstream connection reusable"
-        );
+        expect_connections(&up, 1, "204 and 304 leave the upstream connection reusable");
         proxy.shutdown(GRACE).await;
     })
     .await;
@@ -657,8 +653,7 @@ async fn connection_close_response_is_delivered_and_next_request_dials_again() {
             )
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         for _ in 0..2 {
             let r = c.get(HOST, "/").await;
             assert_eq!(r.status, StatusCode::OK);
@@ -686,8 +681,7 @@ async fn http10_response_works_and_is_not_reused() {
             })
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         for _ in 0..2 {
             let r = c.get(HOST, "/").await;
             assert_eq!(r.status, StatusCode::OK);
@@ -721,8 +715,7 @@ async fn malformed_status_line_is_answered_503() {
             let _ = w.write(reply).await;
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         for path in ["/abc", "/garbage"] {
             let r = c.get(HOST, path).await;
             // Envoy's UR reply: 503, not 502. A broken exchange is never retried under App
@@ -748,8 +741,7 @@ async fn upstream_closing_without_a_response_is_answered_503() {
             let _ = w.read_head().await;
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         let r = c.get(HOST, "/").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(String::from_utf8_lossy(&r.body), RESET_BODY);
@@ -808,8 +800,7 @@ async fn response_head_over_64_kib() {
             }
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
 
         let r = c.get(HOST, "/48k").await;
         assert_eq!(r.status, StatusCode::OK);
@@ -877,8 +868,7 @@ async fn stale_pooled_connection_is_replaced() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         })
         .await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         let r = c.get(HOST, "/").await;
         assert_eq!(r.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -922,8 +912,7 @@ async fn pooled_connection_closed_as_the_request_arrives() {
     within(async {
         // An idempotent request is sent again on a new connection.
         let up = closes_on_second_request().await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         let r = c.get(HOST, "/").await;
         assert_eq!(r.body, Bytes::from_static(b"first"));
         let r = c.get(HOST, "/").await;
@@ -934,8 +923,7 @@ async fn pooled_connection_closed_as_the_request_arrives() {
 
         // A POST may have been processed: it is not sent again, and the client gets 503 (UR).
         let up = closes_on_second_request().await;
-        let proxy = proxy_to(&up).await;
-        let mut c = H1::connect(proxy.addrs().egress).await;
+        let (proxy, mut c) = proxy_and_client(&up).await;
         let r = c.get(HOST, "/").await;
         assert_eq!(r.body, Bytes::from_static(b"first"));
         let mut req = h1_request(Method::POST, HOST, "/", &[]);

@@ -392,9 +392,24 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         // The proxy still reloads on SIGHUP and POST /reload.
         tracing::warn!(error = %e, "cannot watch the config files; reload with SIGHUP or POST /reload");
     }
+    tokio::spawn(sweep_idle_connections(shared.clone()));
     shared.ready.store(true, Ordering::Release);
     tracing::info!(ingress = %addrs.ingress, egress = %addrs.egress, admin = ?addrs.admin, "outrider ready");
     Ok(RunningProxy { shared, tracker })
+}
+
+/// Closes pooled upstream connections that their upstream closed or that expired, every
+/// [`outrider_http::POOL_SWEEP_INTERVAL`], so that without traffic they do not linger half
+/// closed; requests also skip and close such connections when they take one.
+async fn sweep_idle_connections(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(outrider_http::POOL_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.quit.cancelled() => return,
+            _ = tick.tick() => shared.runtime.load().sweep_idle_connections(),
+        }
+    }
 }
 
 /// The connection limit and per-connection options of one listener.

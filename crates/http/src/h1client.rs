@@ -140,17 +140,9 @@ pub(crate) struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    body: BodyKind,
+    /// Where reading the body starts.
+    body: State,
     keep_alive: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-    Upgrade,
 }
 
 /// Writes `req` on `conn` and reads the response head. A request body streaming from
@@ -340,7 +332,9 @@ impl Upload {
                             (frame.into_trailers(), self.framing)
                         {
                             let mut last = b"0\r\n".to_vec();
-                            push_fields(&mut last, &trailers);
+                            for (name, value) in &trailers {
+                                push_field(&mut last, name, value);
+                            }
                             last.extend_from_slice(b"\r\n");
                             self.out.push_back(last.into());
                             self.ended = true;
@@ -361,16 +355,10 @@ fn encode_head(req: &Request<ReqBody>, out: &mut Vec<u8>) -> ReqFraming {
             Some(n) => ReqFraming::Length(n),
             None => ReqFraming::Chunked,
         },
-        ReqBody::Empty | ReqBody::Full(None) => {
-            let sends_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
-                || req.headers().contains_key(http::header::CONTENT_LENGTH);
-            if sends_body {
-                ReqFraming::Length(0)
-            } else {
-                ReqFraming::None
-            }
-        }
+        // Settled below, once the fields show whether the client declared a length.
+        ReqBody::Empty | ReqBody::Full(None) => ReqFraming::None,
     };
+    let mut declared_length = false;
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -386,14 +374,20 @@ fn encode_head(req: &Request<ReqBody>, out: &mut Vec<u8>) -> ReqFraming {
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
-            continue;
+        if name == http::header::CONTENT_LENGTH {
+            declared_length = true;
+        } else if name != http::header::TRANSFER_ENCODING {
+            push_field(out, name, value);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
+    // A bodiless request states an empty body where a body is expected or was declared.
+    let framing = if framing == ReqFraming::None
+        && (declared_length || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH))
+    {
+        ReqFraming::Length(0)
+    } else {
+        framing
+    };
     match framing {
         ReqFraming::None => {}
         ReqFraming::Length(n) => {
@@ -407,13 +401,11 @@ fn encode_head(req: &Request<ReqBody>, out: &mut Vec<u8>) -> ReqFraming {
     framing
 }
 
-fn push_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -575,7 +567,7 @@ fn parse_head(
             status,
             version: Version::HTTP_11,
             headers: HeaderMap::new(),
-            body: BodyKind::Empty,
+            body: State::Done,
             keep_alive: true,
         }));
     }
@@ -629,10 +621,10 @@ fn parse_head(
             return Err("101 to a request that asked for no upgrade");
         }
         keep_alive = false;
-        BodyKind::Upgrade
+        State::Upgrade
     } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
     {
-        BodyKind::Empty
+        State::Done
     } else if has_te {
         // A message with both is a smuggling vector: the length goes, and so does the
         // connection once this response is read.
@@ -641,20 +633,20 @@ fn parse_head(
             keep_alive = false;
         }
         if chunked {
-            BodyKind::Chunked
+            State::ChunkSize
         } else {
             keep_alive = false;
-            BodyKind::UntilClose
+            State::UntilClose
         }
     } else if let Some(n) = content_length {
         if n == 0 {
-            BodyKind::Empty
+            State::Done
         } else {
-            BodyKind::Length(n)
+            State::Length(n)
         }
     } else {
         keep_alive = false;
-        BodyKind::UntilClose
+        State::UntilClose
     };
     Ok(Some(Head {
         status,
@@ -682,16 +674,9 @@ pub(crate) fn response(
     upload: Option<Box<Upload>>,
     pool: &Arc<EndpointPool>,
 ) -> Response<H1Body> {
-    let state = match head.body {
-        BodyKind::Empty => State::Done,
-        BodyKind::Length(n) => State::Length(n),
-        BodyKind::Chunked => State::ChunkSize,
-        BodyKind::UntilClose => State::UntilClose,
-        BodyKind::Upgrade => State::Upgrade,
-    };
     let mut body = H1Body {
         conn: Some(conn),
-        state,
+        state: head.body,
         pool: head.keep_alive.then(|| pool.clone()),
         upload,
     };
@@ -953,23 +938,23 @@ mod tests {
         let h = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false)
             .unwrap()
             .unwrap();
-        assert_eq!(h.body, BodyKind::Length(5));
+        assert_eq!(h.body, State::Length(5));
         assert!(h.keep_alive);
         let h = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
             .unwrap()
             .unwrap();
-        assert_eq!(h.body, BodyKind::Empty);
+        assert_eq!(h.body, State::Done);
         let h = parse(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
             false,
         )
         .unwrap()
         .unwrap();
-        assert_eq!(h.body, BodyKind::Chunked);
+        assert_eq!(h.body, State::ChunkSize);
         assert!(!h.keep_alive);
         assert!(!h.headers.contains_key(http::header::CONTENT_LENGTH));
         let h = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
-        assert_eq!(h.body, BodyKind::UntilClose);
+        assert_eq!(h.body, State::UntilClose);
         assert!(!h.keep_alive);
         let h = parse(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false)
             .unwrap()
@@ -978,7 +963,7 @@ mod tests {
         let h = parse(b"HTTP/1.1 204 No Content\r\n\r\n", false)
             .unwrap()
             .unwrap();
-        assert_eq!(h.body, BodyKind::Empty);
+        assert_eq!(h.body, State::Done);
         assert!(h.keep_alive);
         let h = parse(
             b"HTTP/1.1 200 OK\r\nConnection: Close\r\ncontent-length: 1\r\n\r\n",
@@ -1026,7 +1011,7 @@ mod tests {
         let all: Vec<_> = h.headers.get_all("x-a").iter().collect();
         assert_eq!(all, ["1", "3"]);
         assert_eq!(h.headers["x-b"], "2");
-        assert_eq!(h.body, BodyKind::Empty);
+        assert_eq!(h.body, State::Done);
     }
 
     #[test]
@@ -1061,6 +1046,23 @@ mod tests {
             .unwrap();
         assert_eq!(encode_head(&req, &mut out), ReqFraming::None);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        // A bodiless POST, or a request that declared a length, states an empty body.
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/")
+            .body(ReqBody::Empty)
+            .unwrap();
+        assert_eq!(encode_head(&req, &mut out), ReqFraming::Length(0));
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let req = Request::builder()
+            .method(Method::DELETE)
+            .uri("/")
+            .header("content-length", "0")
+            .header("transfer-encoding", "chunked")
+            .body(ReqBody::Empty)
+            .unwrap();
+        assert_eq!(encode_head(&req, &mut out), ReqFraming::Length(0));
+        assert_eq!(out, b"DELETE / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         let mut hex = Vec::new();
         push_hex(&mut hex, 0x1f40);
         assert_eq!(hex, b"1f40");

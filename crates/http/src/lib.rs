@@ -28,7 +28,7 @@ pub use health::DEFAULT_HEALTH_PATH;
 pub use local::{LocalReason, local_reply};
 pub use outrider_balance::Algorithm;
 pub use outrider_policy::RetryBudgetConfig;
-pub use pool::{MAX_IDLE_PER_ENDPOINT, POOL_IDLE_TIMEOUT, SendError};
+pub use pool::{MAX_IDLE_PER_ENDPOINT, POOL_IDLE_TIMEOUT, POOL_SWEEP_INTERVAL, SendError};
 pub use proxy::{ConnInfo, Direction, ListenerCtx, MAX_REPLAY_BODY, ProxyService, RetrySkipped};
 pub use runtime::{
     HttpDecision, ListenerChoice, NO_RETRY, PASSTHROUGH_CLUSTER, Runtime, RuntimeOptions,

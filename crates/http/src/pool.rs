@@ -23,6 +23,9 @@ use crate::h1client::{self, ExchangeErrorKind, H1Conn};
 pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// An idle upstream connection older than this is closed instead of reused. Default is 60 s.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle HTTP/1.1 connections are checked while no request takes them: ones the
+/// upstream closed or that outlived [`POOL_IDLE_TIMEOUT`] are closed. Default is 10 s.
+pub const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Most pass-through destinations (ALLOW_ALL) kept with pools at once. Default is 1024.
 const MAX_PASSTHROUGH_POOLS: usize = 1024;
 
@@ -131,6 +134,18 @@ impl EndpointPool {
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle { conn, since: now });
         }
+    }
+
+    /// Closes the idle connections the upstream closed (they would otherwise sit in CLOSE_WAIT
+    /// until the next request to this endpoint) and those past [`POOL_IDLE_TIMEOUT`].
+    fn sweep_idle(&self) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        idle.retain_mut(|c| {
+            now.duration_since(c.since) < POOL_IDLE_TIMEOUT && c.conn.is_reusable()
+        });
     }
 
     /// The most recently used idle connection that is still open and not expired.
@@ -419,6 +434,13 @@ impl PoolSet {
         self.origination.load_full()
     }
 
+    /// Closes idle connections that the upstream closed or that expired, in every pool.
+    pub fn sweep_idle(&self) {
+        for pool in self.map.load().values() {
+            pool.sweep_idle();
+        }
+    }
+
     /// Every pool (for `/clusters`).
     pub fn pools(&self) -> Vec<Arc<EndpointPool>> {
         self.map.load().values().cloned().collect()
@@ -437,6 +459,47 @@ mod tests {
             .header(http::header::HOST, "test")
             .body(ReqBody::Empty)
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sweeping_closes_idle_connections_the_upstream_closed() {
+        // An upstream that answers one request with keep-alive, then closes the connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            drop(s);
+            let _ = closed_tx.send(());
+        });
+        let pool = Arc::new(EndpointPool::new(
+            addr,
+            ClusterStats::new("pool-sweep-test"),
+            SharedOrigination::default(),
+        ));
+        let (resp, _) = pool
+            .send(false, &mut get(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle_count(), 1);
+        closed_rx.await.unwrap();
+        // The FIN reaches the socket and then tokio's readiness, both asynchronously: bounded
+        // retries instead of a fixed sleep.
+        for _ in 0..200 {
+            pool.sweep_idle();
+            if pool.idle_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.idle_count(), 0, "the closed connection left the pool");
     }
 
     #[tokio::test]

@@ -401,6 +401,15 @@ impl Runtime {
         &self.passthrough
     }
 
+    /// Closes idle HTTP/1.1 upstream connections that their upstream closed or that expired,
+    /// in every cluster (run every [`crate::POOL_SWEEP_INTERVAL`]).
+    pub fn sweep_idle_connections(&self) {
+        for upstream in self.clusters.iter().chain(&self.locals) {
+            upstream.sweep_idle();
+        }
+        self.passthrough.sweep_idle();
+    }
+
     fn cluster(&self, id: ClusterId) -> Option<&Arc<Upstream>> {
         self.clusters.get(id.0)
     }

@@ -202,6 +202,11 @@ impl Upstream {
         self.reconcile_tasks(addrs);
     }
 
+    /// Closes idle HTTP/1.1 connections that the upstream closed or that expired.
+    pub fn sweep_idle(&self) {
+        self.pools.sweep_idle();
+    }
+
     /// Recounts healthy endpoints and active ejections into the gauges.
     pub(crate) fn refresh_membership(&self) {
         let eps = self.balancer.endpoints();

@@ -859,19 +859,27 @@ async fn chunked_wins_over_content_length() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connection_is_replaced() {
     within(async {
-        let up = RawUpstream::start(|mut w| async move {
-            let Some(_) = w.read_head().await else {
-                return;
-            };
-            // A keep-alive response, then the connection is closed while idle in the pool.
-            let _ = w.write(&ok(b"fresh")).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let signal = closed.clone();
+        let up = RawUpstream::start(move |mut w| {
+            let signal = signal.clone();
+            async move {
+                let Some(_) = w.read_head().await else {
+                    return;
+                };
+                // A keep-alive response, then the connection is closed while idle in the pool.
+                let _ = w.write(&ok(b"fresh")).await;
+                drop(w);
+                signal.notify_one();
+            }
         })
         .await;
         let (proxy, mut c) = proxy_and_client(&up).await;
         let r = c.get(HOST, "/").await;
         assert_eq!(r.status, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Whether the close has reached the proxy yet or not, the next request must succeed:
+        // either the pooled connection is seen closed when taken, or the request is re-sent.
+        closed.notified().await;
         let r = c.get(HOST, "/").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body, Bytes::from_static(b"fresh"));

@@ -495,11 +495,10 @@ async fn accept_loop(
                 .or_else(|| local_is_dst.then_some(local)),
         };
         let served = serve_connection(stream, ctx.clone(), conn, limits.serve, gate.stop.clone());
-        gate.conns.spawn(async move {
-            // The slot frees when the connection ends, however it ends.
-            let _permit = permit;
-            served.await;
-        });
+        // The slot frees when the connection ends, however it ends. A combinator, not an
+        // async block: a block that awaits the future it captured holds it twice.
+        let task = futures_util::FutureExt::map(served, move |()| drop(permit));
+        gate.conns.spawn(task);
     }
 }
 

@@ -10,7 +10,50 @@ use hyper::body::Incoming;
 
 use outrider_policy::Permit;
 
-use crate::h1client::{H1Body, H1BodyError};
+use crate::h1client::H1Body;
+use crate::h1codec::H1BodyError;
+use crate::h1server::H1ReqBody;
+
+/// A request body as it arrives from downstream: none, hyper's HTTP/2 stream, or read from an
+/// HTTP/1.1 connection by the server of our own.
+#[derive(Debug)]
+pub enum DownBody {
+    Empty,
+    H2(Incoming),
+    H1(H1ReqBody),
+}
+
+impl Body for DownBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            DownBody::Empty => Poll::Ready(None),
+            DownBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::H1),
+            DownBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::H2),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DownBody::Empty => true,
+            DownBody::H1(b) => b.is_end_stream(),
+            DownBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DownBody::Empty => SizeHint::with_exact(0),
+            DownBody::H1(b) => b.size_hint(),
+            DownBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A body sent upstream: nothing, bytes kept for replay (retries), or the downstream stream.
 #[derive(Debug)]
@@ -18,17 +61,17 @@ pub enum ReqBody {
     Empty,
     /// Taken once per attempt from a clone of the buffered bytes.
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(DownBody),
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
@@ -102,7 +145,7 @@ pub enum UpstreamBody {
     H1(H1Body),
 }
 
-/// Why a body from upstream ended early.
+/// Why a body ended early: from upstream, or from downstream on its way up.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]

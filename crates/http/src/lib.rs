@@ -5,6 +5,8 @@ mod access;
 mod body;
 mod explain;
 mod h1client;
+mod h1codec;
+mod h1server;
 mod headers;
 mod health;
 mod idle;
@@ -13,7 +15,6 @@ mod pool;
 mod proxy;
 mod runtime;
 mod server;
-mod smuggle;
 mod upstream;
 
 pub use access::{AccessLog, next_connection_id};

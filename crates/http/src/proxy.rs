@@ -25,8 +25,9 @@ use outrider_telemetry::tracing_export::{
 use tokio::time::timeout_at;
 
 use crate::body::UpstreamBody;
-use crate::body::{ReqBody, RespBody};
+use crate::body::{DownBody, ReqBody, RespBody};
 use crate::h1client::H1Conn;
+use crate::h1server::OnUpgrade;
 use crate::headers::{add_forwarding, is_upgrade, split_authority, strip_hop_by_hop};
 use crate::idle::Activity;
 use crate::local::{LocalReason, local_reply};
@@ -115,10 +116,25 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // A combinator, not an async block: a block that awaits the future it captured holds
+        // it twice.
+        Box::pin(futures_util::FutureExt::map(
+            self.handle(req.map(DownBody::H2)),
+            Ok,
+        ))
+    }
+}
+
+impl ProxyService {
+    /// Proxies one request: the response, a local reply when it could not be proxied.
+    pub(crate) fn handle(
+        &self,
+        req: Request<DownBody>,
+    ) -> impl Future<Output = Response<RespBody>> + Send + 'static {
         let ctx = self.ctx.clone();
         let conn = self.conn;
         let active = self.activity.as_ref().map(|a| a.begin());
-        Box::pin(async move {
+        async move {
             let _active = active;
             // The one clock read of the request's start, shared by the stats and the access log.
             let start = Instant::now();
@@ -129,8 +145,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 Some(tracer) => Box::pin(handle_traced(&ctx, tracer, conn, req, start)).await,
             };
             ctx.stats.record_response(resp.status().as_u16(), start);
-            Ok(resp)
-        })
+            resp
+        }
     }
 }
 
@@ -171,7 +187,7 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
+fn request_authority(req: &Request<DownBody>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {
         return Some(a.clone());
     }
@@ -211,7 +227,7 @@ async fn handle_traced(
     ctx: &ListenerCtx,
     tracer: &Arc<Tracer>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<DownBody>,
     start: Instant,
 ) -> Response<RespBody> {
     let request = tracer.begin(req.headers());
@@ -290,7 +306,7 @@ fn protocol_version(v: Version) -> &'static str {
 fn handle_logged(
     ctx: &ListenerCtx,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<DownBody>,
     traced: Option<&mut Traced>,
     start: Instant,
 ) -> impl Future<Output = Response<RespBody>> {
@@ -313,7 +329,7 @@ async fn handle_with_log(
     ctx: &ListenerCtx,
     conn: ConnInfo,
     runtime: &Runtime,
-    req: Request<Incoming>,
+    req: Request<DownBody>,
     traced: Option<&mut Traced>,
     log: Arc<crate::access::AccessLog>,
     start: Instant,
@@ -370,7 +386,7 @@ fn handle_inner(
     ctx: &ListenerCtx,
     conn: ConnInfo,
     runtime: &Runtime,
-    mut req: Request<Incoming>,
+    mut req: Request<DownBody>,
     mut trail: Option<&mut Trail>,
     mut traced: Option<&mut Traced>,
 ) -> impl Future<Output = Response<RespBody>> {
@@ -403,7 +419,11 @@ fn handle_inner(
             t.cluster = Some(plan.upstream.name().to_string());
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let on_upgrade = if upgrade {
+            req.extensions_mut().remove::<OnUpgrade>()
+        } else {
+            None
+        };
         let downstream_version = req.version();
         // The request head is rewritten in a block without awaits so that it takes no room in
         // this future once it has become the attempt template.
@@ -496,7 +516,7 @@ async fn decide(
     ctx: &ListenerCtx,
     conn: ConnInfo,
     runtime: &Runtime,
-    req: &Request<Incoming>,
+    req: &Request<DownBody>,
     authority: Option<&Authority>,
 ) -> Result<Plan, LocalReason> {
     let downstream_h2 = req.version() == Version::HTTP_2;
@@ -592,7 +612,7 @@ async fn decide(
 fn decide_gateway(
     conn: ConnInfo,
     runtime: &Runtime,
-    req: &mut Request<Incoming>,
+    req: &mut Request<DownBody>,
     authority: &mut Option<Authority>,
 ) -> Result<Plan, LocalReason> {
     let snapshot = runtime.snapshot();
@@ -655,7 +675,7 @@ fn decide_gateway(
 /// Applies a gateway route's rewrites: the path (exact, else the matched prefix replaced; the
 /// query string is kept), then the Host and `:authority` (the target virtual service's name).
 fn rewrite_request(
-    req: &mut Request<Incoming>,
+    req: &mut Request<DownBody>,
     authority: &mut Option<Authority>,
     rewrite: &GatewayRewrite,
     service: &str,
@@ -725,10 +745,10 @@ async fn resolve_authority(host: &str, port: u16) -> Result<SocketAddr, LocalRea
 /// Whether a request body is ready to send or must first be buffered for replay.
 enum Prepared {
     Ready(ReqBody),
-    Buffer(Incoming),
+    Buffer(DownBody),
 }
 
-fn prepare_body(body: Incoming, retries_possible: bool) -> Prepared {
+fn prepare_body(body: DownBody, retries_possible: bool) -> Prepared {
     if body.is_end_stream() {
         return Prepared::Ready(ReqBody::Empty);
     }
@@ -743,7 +763,7 @@ fn prepare_body(body: Incoming, retries_possible: bool) -> Prepared {
 }
 
 /// Reads a small sized body whole so that retries can replay it.
-async fn buffer_body(body: Incoming) -> Result<ReqBody, LocalReason> {
+async fn buffer_body(body: DownBody) -> Result<ReqBody, LocalReason> {
     match Limited::new(body, MAX_REPLAY_BODY as usize).collect().await {
         Ok(collected) => {
             // Trailers on a small unary body are rare; such a request is simply not replayed
@@ -1249,16 +1269,12 @@ fn retry_on_response<B>(policy: &RetryPolicy, template: &Template, resp: &Respon
 
 /// After a 101, both connections become a byte pipe. Bytes the upstream sent right behind its
 /// 101 (already read with the head) go downstream first.
-fn splice_upgrade(down: hyper::upgrade::OnUpgrade, mut up: H1Conn) {
+fn splice_upgrade(down: OnUpgrade, mut up: H1Conn) {
     tokio::spawn(async move {
-        let down = match down.await {
-            Ok(down) => down,
-            Err(err) => {
-                tracing::debug!(error = %err, "upgrade failed");
-                return;
-            }
+        let Some(mut down) = down.upgraded().await else {
+            tracing::debug!("upgrade failed: the 101 did not reach the client");
+            return;
         };
-        let mut down = hyper_util::rt::TokioIo::new(down);
         let (up, early) = up.upgraded();
         if !early.is_empty()
             && tokio::io::AsyncWriteExt::write_all(&mut down, &early)

@@ -1,11 +1,13 @@
 //! Serving one downstream connection: protocol detection (HTTP/1.1, h2c, or opaque TCP), the
-//! hyper server for HTTP, and the L4 path for TCP.
+//! HTTP/1.1 server of our own or hyper's HTTP/2 server, and the L4 path for TCP.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use outrider_config::{DEFAULT_IDLE_TIMEOUT, ListenerTlsMode, Protocol};
 use outrider_tls::{ServerTls, TLS_HANDSHAKE_BYTE};
 use outrider_transport::Gather;
@@ -13,10 +15,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::h1server::SplitIo;
 use crate::idle::{Activity, Tracked};
 use crate::proxy::{ConnInfo, Direction, ListenerCtx, ProxyService};
 use crate::runtime::TcpDecision;
-use crate::smuggle::SmuggleGuard;
 
 /// How long an egress connection to an unknown port may stay silent before it is treated as
 /// opaque TCP (server-first protocols such as MySQL send nothing). Default is 1 s.
@@ -102,69 +104,76 @@ async fn peek_detect(stream: &TcpStream) -> Detected {
 
 /// Serves one accepted connection until it ends or `shutdown` fires (then drains gracefully),
 /// within the limits of `opts`.
-pub async fn serve_connection(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block does not keep a second copy of its arguments in the future"
+)]
+pub fn serve_connection(
     stream: TcpStream,
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
     opts: ServeOptions,
     shutdown: CancellationToken,
-) {
-    let runtime = ctx.runtime.load_full();
-    let orig_port = conn.orig_dst.map(|a| a.port());
-    let tls = match listener_tls(&runtime, ctx.direction, orig_port) {
-        Ok(tls) => tls,
-        Err(err) => {
-            // Fail closed: a listener that should speak TLS never falls back to plaintext.
-            tracing::warn!(peer = %conn.peer, error = %err, "listener TLS unusable: closing connection");
-            return;
-        }
-    };
-    if let Some(tls) = tls {
-        let terminate = match tls.mode() {
-            ListenerTlsMode::Strict => true,
-            ListenerTlsMode::Permissive => {
-                first_byte(&stream, opts.header_read_timeout).await == Some(TLS_HANDSHAKE_BYTE)
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let runtime = ctx.runtime.load_full();
+        let orig_port = conn.orig_dst.map(|a| a.port());
+        let tls = match listener_tls(&runtime, ctx.direction, orig_port) {
+            Ok(tls) => tls,
+            Err(err) => {
+                // Fail closed: a listener that should speak TLS never falls back to plaintext.
+                tracing::warn!(peer = %conn.peer, error = %err, "listener TLS unusable: closing connection");
+                return;
             }
         };
-        if terminate {
-            drop(runtime);
-            // Boxed: the TLS path's future (handshake, TLS stream, its own HTTP server) is
-            // twice the plaintext one, and every connection's task would otherwise carry it.
-            Box::pin(serve_tls(stream, &tls, ctx, conn, opts, shutdown)).await;
-            return;
-        }
-    }
-    let l4 = match ctx.direction {
-        Direction::Ingress => {
-            if runtime.is_transparent() {
-                peek_detect(&stream).await == Detected::Opaque
-            } else {
-                runtime
-                    .ingress_listener(orig_port)
-                    .and_then(|i| runtime.snapshot().listeners.get(i))
-                    .is_some_and(|l| l.protocol == Protocol::Tcp)
+        if let Some(tls) = tls {
+            let terminate = match tls.mode() {
+                ListenerTlsMode::Strict => true,
+                ListenerTlsMode::Permissive => {
+                    first_byte(&stream, opts.header_read_timeout).await == Some(TLS_HANDSHAKE_BYTE)
+                }
+            };
+            if terminate {
+                drop(runtime);
+                // Boxed: the TLS path's future (handshake, TLS stream, its own HTTP server) is
+                // twice the plaintext one, and every connection's task would otherwise carry it.
+                Box::pin(serve_tls(stream, &tls, ctx, conn, opts, shutdown)).await;
+                return;
             }
         }
-        Direction::Egress => match orig_port {
-            Some(port) if runtime.is_tcp_port(port) => true,
-            Some(_) => peek_detect(&stream).await == Detected::Opaque,
-            None => false,
-        },
-    };
-    drop(runtime);
-    if l4 {
-        serve_tcp(stream, &ctx, conn).await;
-    } else {
-        // hyper's version detection waits for the first bytes with no timer of its own, so a
-        // client that never sends one is held to the header-read deadline here.
-        if first_byte(&stream, opts.header_read_timeout)
-            .await
-            .is_none()
-        {
-            tracing::debug!(peer = %conn.peer, "no request bytes before the header-read timeout: closing");
-            return;
+        let l4 = match ctx.direction {
+            Direction::Ingress => {
+                if runtime.is_transparent() {
+                    peek_detect(&stream).await == Detected::Opaque
+                } else {
+                    runtime
+                        .ingress_listener(orig_port)
+                        .and_then(|i| runtime.snapshot().listeners.get(i))
+                        .is_some_and(|l| l.protocol == Protocol::Tcp)
+                }
+            }
+            Direction::Egress => match orig_port {
+                Some(port) if runtime.is_tcp_port(port) => true,
+                Some(_) => peek_detect(&stream).await == Detected::Opaque,
+                None => false,
+            },
+        };
+        drop(runtime);
+        if l4 {
+            // Boxed: the splice's future is large, and most connections are HTTP.
+            Box::pin(serve_tcp(stream, &ctx, conn)).await;
+        } else {
+            // A client that never sends a byte is held to the header-read deadline; the first
+            // bytes tell HTTP/2 (its connection preface) from HTTP/1.1.
+            let h2 = match sniff_h2(&stream, opts.header_read_timeout).await {
+                Some(h2) => h2,
+                None => {
+                    tracing::debug!(peer = %conn.peer, "no request bytes before the header-read timeout: closing");
+                    return;
+                }
+            };
+            serve_http(stream, ctx, conn, opts, shutdown, h2).await;
         }
-        serve_http(stream, ctx, conn, opts, shutdown).await;
     }
 }
 
@@ -185,6 +194,29 @@ fn listener_tls(
         Some(spec) => outrider_tls::server_tls(spec).map(Some),
         None => Ok(None),
     }
+}
+
+/// Whether the client opens with the HTTP/2 connection preface (h2c with prior knowledge),
+/// from its first bytes; `None` if it sends none within `wait`. A first read shorter than
+/// `PRI ` that could still be the preface waits for more.
+async fn sniff_h2(stream: &TcpStream, wait: Duration) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI ";
+    let sniff = async {
+        let mut buf = [0u8; 4];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return Some(buf[..n] == PREFACE[..n] && n >= PREFACE.len());
+            }
+            // A partial preface: wait for the next segment without spinning on the same
+            // bytes (peek returns at once while they are unread).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(wait, sniff).await.ok().flatten()
 }
 
 /// The first byte the client sends, waiting at most `wait`.
@@ -222,44 +254,70 @@ async fn serve_tls(
     if l4 {
         serve_tcp(stream, &ctx, conn).await;
     } else {
-        serve_http(stream, ctx, conn, opts, shutdown).await;
+        // ALPN says which HTTP the client speaks (both are offered).
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_http(stream, ctx, conn, opts, shutdown, h2).await;
     }
 }
 
-async fn serve_http<S>(
+/// Serves HTTP on a connection: hyper's HTTP/2 server, or the HTTP/1.1 server of our own.
+/// Set up before the returned future, which then keeps only what serving needs.
+fn serve_http<S>(
     stream: S,
     ctx: Arc<ListenerCtx>,
     conn: ConnInfo,
     opts: ServeOptions,
     shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    h2: bool,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + SplitIo + Unpin + Send + 'static,
 {
     ctx.stats.cx_total.increment(1);
     ctx.stats.cx_active.increment(1.0);
     let idle = idle_timeout(&ctx, conn);
+    let served = if h2 {
+        // Boxed: hyper's HTTP/2 connection is large, and most connections are HTTP/1.1.
+        Either::Left(Box::pin(serve_h2(
+            stream,
+            ctx.clone(),
+            conn,
+            opts,
+            shutdown,
+            idle,
+        )))
+    } else {
+        let service = ProxyService::new(ctx.clone(), conn);
+        Either::Right(crate::h1server::serve(
+            stream, service, opts, idle, shutdown,
+        ))
+    };
+    served.map(move |()| ctx.stats.cx_active.decrement(1.0))
+}
+
+/// HTTP/2 through hyper's server, with the idle timeout watched from the outside.
+async fn serve_h2<S>(
+    stream: S,
+    ctx: Arc<ListenerCtx>,
+    conn: ConnInfo,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+    idle: Option<Duration>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let service = ProxyService::new(ctx.clone(), conn).with_activity(activity.clone());
-    // The guard reads the plaintext hyper parses, so it sits inside the activity tracking
-    // and after any TLS termination.
-    let stream = Tracked::new(SmuggleGuard::new(stream), activity.clone());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let stream = Tracked::new(stream, activity.clone());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(opts.max_concurrent_streams)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .adaptive_window(true);
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(Gather::new(stream)), service);
+    let connection = builder.serve_connection(TokioIo::new(Gather::new(stream)), service);
     tokio::pin!(connection);
     tokio::select! {
         res = connection.as_mut() => {
@@ -277,7 +335,6 @@ async fn serve_http<S>(
             let _ = connection.await;
         }
     }
-    ctx.stats.cx_active.decrement(1.0);
 }
 
 /// The listener's idle timeout on ingress; App Mesh's default (300 s) on egress, where a

@@ -227,7 +227,10 @@ async fn check(egress: SocketAddr) -> bool {
     let canary_ok = matches!(&canary, Ok((200, b)) if b.contains("greeter-v2"));
     println!("canary header route: {canary:?}");
     let path = get(egress, "greeter.demo.local", "/reports", "").await;
-    let path_ok = matches!(&path, Ok((200, b)) if b.contains("reports"));
+    // Either answer comes from the reports service: it fails 20% of its answers by design,
+    // and even after two retries one request in ~125 still ends in its 503.
+    let path_ok = matches!(&path, Ok((200, b)) if b.contains("reports"))
+        || matches!(&path, Ok((503, b)) if b.contains("injected failure"));
     println!("path route: {path:?}");
     let mut flaky_ok = 0;
     for _ in 0..20 {

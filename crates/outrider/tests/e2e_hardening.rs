@@ -1,14 +1,13 @@
 //! End to end: hostile HTTP/1.1 bytes written over raw TCP to the ingress listener. Each case
 //! checks the proxy's answer and that the proxy still serves the next client.
 //!
-//! What hyper answers, as pinned here: more than 100 header fields → 431; a head still
-//! incomplete once 60 KiB are buffered → 431 (a head that completes within the read crossing
-//! that mark is accepted, so the bound is 60 KiB plus one read); a request line longer than
-//! the buffer → 431 or 414; differing duplicate Content-Length and bad header names or values
-//! → 400; a bad chunk size ends the exchange with 400 or a closed connection. Content-Length
+//! What the HTTP/1.1 server answers, as pinned here: more than 100 header fields → 431; a
+//! head still incomplete once 60 KiB are buffered → 431 (a head that completes within the
+//! read crossing that mark is accepted, so the bound is 60 KiB plus one read); a request line
+//! longer than that → 431; differing duplicate Content-Length and bad header names or values
+//! → 400; a bad chunk size ends the exchange with a closed connection. Content-Length
 //! together with Transfer-Encoding in any request of a connection is answered 400 and the
-//! connection closed, as Envoy does (the proxy checks below hyper, which would drop the
-//! Content-Length); the app never sees such a request.
+//! connection closed, as Envoy does; the app never sees such a request.
 //!
 //! Also: a slow client is cut off by the header-read timeout; HTTP/2 rapid reset
 //! (CVE-2023-44487) and CONTINUATION floods end in GOAWAY, an oversized header list is refused,
@@ -22,10 +21,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{H1, client, mesh, stream};
+use common::H1;
 use http::StatusCode;
 use outrider_app::ProxyOptions;
-use outrider_config::Selector;
 use outrider_test_support::servers::TestServer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -72,20 +70,8 @@ impl Setup {
     /// The proxy with options changed by `tune` before it starts.
     async fn with(tune: impl FnOnce(&mut ProxyOptions)) -> Setup {
         let app = TestServer::http("app");
-        let spec = stream(&[
-            mesh("DROP_ALL"),
-            client(&[], &[(app.addr().port(), "http")]),
-        ]);
-        let sel = Selector {
-            mesh: None,
-            node: Some(common::CLIENT.to_string()),
-            gateway: None,
-        };
-        let built = outrider_config::build_from_str("test.yaml", &spec, &sel).unwrap();
-        let mut opts = ProxyOptions::local(Some(built.snapshot));
-        tune(&mut opts);
         Setup {
-            proxy: outrider_app::start(opts).await.unwrap(),
+            proxy: common::start_in_front(app.addr().port(), tune).await,
             app,
         }
     }

@@ -265,6 +265,21 @@ pub async fn start_as(spec: &str, node: &str, dns: Option<SocketAddr>) -> Runnin
     outrider_app::start(opts).await.unwrap()
 }
 
+/// The [`CLIENT`] node serving one local HTTP app on `app_port` (ingress, no backends), with
+/// options changed by `tune` before it starts.
+pub async fn start_in_front(app_port: u16, tune: impl FnOnce(&mut ProxyOptions)) -> RunningProxy {
+    let spec = stream(&[mesh("DROP_ALL"), client(&[], &[(app_port, "http")])]);
+    let sel = Selector {
+        mesh: None,
+        node: Some(CLIENT.to_string()),
+        gateway: None,
+    };
+    let built = outrider_config::build_from_str("test.yaml", &spec, &sel).unwrap();
+    let mut opts = ProxyOptions::local(Some(built.snapshot));
+    tune(&mut opts);
+    outrider_app::start(opts).await.unwrap()
+}
+
 /// [`start_as`] the [`CLIENT`] node with the system resolver.
 pub async fn start(spec: &str) -> RunningProxy {
     start_as(spec, CLIENT, None).await

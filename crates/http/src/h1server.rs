@@ -466,6 +466,9 @@ struct Timers {
     idle: Option<Pin<Box<Sleep>>>,
     idle_after: Option<Duration>,
     header_read: Duration,
+    /// The first head's deadline, counted from the accept; later heads get `header_read`
+    /// from their first byte.
+    first_head_by: Option<Instant>,
 }
 
 impl Timers {
@@ -538,8 +541,11 @@ async fn next_head(
                 }
             } else {
                 // Part of a head is in: the rest has the header-read timeout.
-                let limit = timers.header_read;
-                let timer = header_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                let by = timers
+                    .first_head_by
+                    .unwrap_or_else(|| Instant::now() + timers.header_read);
+                let timer =
+                    header_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(by)));
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Next::Close);
                 }
@@ -570,6 +576,7 @@ enum After {
 /// its request is in flight, so an idle keep-alive connection stays small.
 pub(crate) fn serve<S: SplitIo>(
     io: S,
+    accepted: Instant,
     service: ProxyService,
     opts: ServeOptions,
     idle: Option<Duration>,
@@ -585,6 +592,7 @@ pub(crate) fn serve<S: SplitIo>(
         idle: None,
         idle_after: idle,
         header_read: opts.header_read_timeout,
+        first_head_by: Some(accepted + opts.header_read_timeout),
     };
     let drain = shutdown.clone().cancelled_owned();
     async move {
@@ -602,6 +610,7 @@ pub(crate) fn serve<S: SplitIo>(
             // while the request is in flight.
             let (handling, mut ex) = match next_head(rs, &mut timers, drain.as_mut()).await {
                 Next::Head(head) => {
+                    timers.first_head_by = None;
                     let (req, ex) = Exchange::start(head, &mut side);
                     // The proxy's future is large: boxed, it takes room only while a request
                     // is in flight (and is moved once, into its box).

@@ -44,9 +44,11 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// Per-listener limits applied to every connection [`serve_connection`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// Time a client has to send a complete HTTP/1.1 request head, counted from when the
-    /// connection starts waiting for it (so a silent client is closed too); past it the
-    /// connection is closed without an answer. Default is [`HEADER_READ_TIMEOUT`] (60 s).
+    /// Time a client has to send a complete HTTP/1.1 request head: on a new connection counted
+    /// from the accept (so a silent client is closed too), on a keep-alive connection from the
+    /// first byte of the next head (the wait before it is the listener's idle timeout); past
+    /// it the connection is closed without an answer. Default is [`HEADER_READ_TIMEOUT`]
+    /// (60 s).
     pub header_read_timeout: Duration,
     /// HTTP/2 streams a client may have open at once on one connection; streams past it are
     /// refused (`RST_STREAM REFUSED_STREAM`). Default is [`MAX_CONCURRENT_STREAMS`] (1024).
@@ -116,6 +118,8 @@ pub fn serve_connection(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        // Heads are timed from here: the TLS handshake and protocol sniffing count too.
+        let accepted = tokio::time::Instant::now();
         let runtime = ctx.runtime.load_full();
         let orig_port = conn.orig_dst.map(|a| a.port());
         let tls = match listener_tls(&runtime, ctx.direction, orig_port) {
@@ -137,7 +141,7 @@ pub fn serve_connection(
                 drop(runtime);
                 // Boxed: the TLS path's future (handshake, TLS stream, its own HTTP server) is
                 // twice the plaintext one, and every connection's task would otherwise carry it.
-                Box::pin(serve_tls(stream, &tls, ctx, conn, opts, shutdown)).await;
+                Box::pin(serve_tls(stream, &tls, ctx, conn, opts, shutdown, accepted)).await;
                 return;
             }
         }
@@ -172,7 +176,7 @@ pub fn serve_connection(
                     return;
                 }
             };
-            serve_http(stream, ctx, conn, opts, shutdown, h2).await;
+            serve_http(stream, ctx, conn, opts, shutdown, h2, accepted).await;
         }
     }
 }
@@ -236,6 +240,7 @@ async fn serve_tls(
     conn: ConnInfo,
     opts: ServeOptions,
     shutdown: CancellationToken,
+    accepted: tokio::time::Instant,
 ) {
     let stream = match tls.accept(stream).await {
         Ok(s) => s,
@@ -256,7 +261,7 @@ async fn serve_tls(
     } else {
         // ALPN says which HTTP the client speaks (both are offered).
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        serve_http(stream, ctx, conn, opts, shutdown, h2).await;
+        serve_http(stream, ctx, conn, opts, shutdown, h2, accepted).await;
     }
 }
 
@@ -269,6 +274,7 @@ fn serve_http<S>(
     opts: ServeOptions,
     shutdown: CancellationToken,
     h2: bool,
+    accepted: tokio::time::Instant,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + SplitIo + Unpin + Send + 'static,
@@ -289,7 +295,7 @@ where
     } else {
         let service = ProxyService::new(ctx.clone(), conn);
         Either::Right(crate::h1server::serve(
-            stream, service, opts, idle, shutdown,
+            stream, accepted, service, opts, idle, shutdown,
         ))
     };
     served.map(move |()| ctx.stats.cx_active.decrement(1.0))

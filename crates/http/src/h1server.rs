@@ -175,20 +175,31 @@ fn fill(io: &mut ReadIo, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::R
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
+/// The read side coming back from a request body, and whether the body was read to its end
+/// (only then can the connection carry another request).
+type Returned = (ReadSide, bool);
+
 /// A request body read from the downstream connection as the proxy pulls it. At its end the
 /// read side goes back to the connection's loop, which can then read the next request; a body
-/// dropped before its end (or broken) closes the connection instead.
+/// dropped before its end gives it back unfinished (the connection then closes, after
+/// draining what the client still sends), and a broken one does not give it back at all.
 pub struct H1ReqBody {
     side: Option<ReadSide>,
     decoder: Decoder,
-    back: Option<oneshot::Sender<ReadSide>>,
+    back: Option<oneshot::Sender<Returned>>,
 }
 
 impl H1ReqBody {
     fn give_back(&mut self) {
         if let (Some(side), Some(back)) = (self.side.take(), self.back.take()) {
-            let _ = back.send(side);
+            let _ = back.send((side, self.decoder == Decoder::Done));
         }
+    }
+}
+
+impl Drop for H1ReqBody {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -515,14 +526,14 @@ async fn next_head(
             if !side.buf.is_empty() && new_line {
                 match parse_request(&mut side.buf) {
                     Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
-                    Ok(None) if side.buf.len() > MAX_HEADER_BYTES => {
-                        return Poll::Ready(Next::Refuse(Refusal::TooLarge(
-                            "request head too large",
-                        )));
-                    }
                     Ok(None) => parsed = side.buf.len(),
                     Err(refusal) => return Poll::Ready(Next::Refuse(refusal)),
                 }
+            }
+            // Checked on every read, not only when a line ends: a client that never sends a
+            // line end must not grow the buffer without bound.
+            if side.buf.len() > MAX_HEADER_BYTES {
+                return Poll::Ready(Next::Refuse(Refusal::TooLarge("request head too large")));
             }
             let waiting = side.buf.is_empty();
             match side.poll_fill_head(cx) {
@@ -686,7 +697,7 @@ struct Exchange {
     /// Where the upgraded connection goes once a 101 is written.
     upgrade: Option<oneshot::Sender<Upgraded>>,
     /// Where the request body gives the read side back at its end.
-    back: Option<oneshot::Receiver<ReadSide>>,
+    back: Option<oneshot::Receiver<Returned>>,
     /// The connection may carry another request after this one.
     reuse: bool,
     /// A 101 answered an upgrade request.
@@ -753,11 +764,18 @@ impl Exchange {
         shutdown: &CancellationToken,
     ) -> Sender<RespBody> {
         self.reuse = self.keep_alive && !self.connect && !shutdown.is_cancelled();
-        if let Some(rx) = self.back.as_mut()
-            && let Ok(s) = rx.try_recv()
-        {
-            *side = Some(s);
-            self.back = None;
+        if let Some(rx) = self.back.as_mut() {
+            match rx.try_recv() {
+                Ok((s, complete)) => {
+                    *side = Some(s);
+                    self.back = None;
+                    // A body the proxy did not read to its end (an early answer): the rest
+                    // is still on its way, so the connection closes after this response.
+                    self.reuse &= complete;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => self.reuse = false,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
         }
         let (parts, body) = resp.into_parts();
         self.switching = parts.status == StatusCode::SWITCHING_PROTOCOLS && self.upgrade.is_some();
@@ -788,10 +806,14 @@ impl Exchange {
         if side.is_none()
             && let Some(rx) = self.back
         {
-            // The proxy still holds the request body: it comes back once read to its end (or
-            // is dropped unread, and then the connection cannot go on). Boxed: rare.
+            // The proxy still holds the request body: it comes back once read to its end, or
+            // unfinished when dropped (and then the connection cannot go on). Boxed: rare.
             match Box::pin(tokio::time::timeout(BODY_RETURN_WAIT, rx)).await {
-                Ok(Ok(s)) => *side = Some(s),
+                Ok(Ok((s, true))) => *side = Some(s),
+                Ok(Ok((s, false))) => {
+                    *side = Some(s);
+                    return After::Close;
+                }
                 _ => return After::Abort,
             }
         }

@@ -290,6 +290,20 @@ async fn framing_the_proxy_cannot_trust_is_refused_and_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_no_line_end_is_cut_off_at_the_size_limit() {
+    let (proxy, _app) = proxy_with(|_| {}).await;
+    let mut c = Raw::connect(proxy.addrs().ingress).await;
+    // 70 KiB and never a line end: refused once past the 60 KiB limit, not buffered on.
+    let junk = vec![b'a'; 70 * 1024];
+    // The proxy may answer and close before it read everything: a write error is fine.
+    let _ = c.s.write_all(&junk).await;
+    let a = c.answer().await.expect("no answer to an endless head");
+    assert_eq!(a.status, 431, "{a:?}");
+    assert!(c.closed().await);
+    proxy.shutdown(GRACE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_closes_idle_keep_alive_connections_at_once() {
     let (proxy, _app) = proxy_with(|_| {}).await;
     let mut c = Raw::connect(proxy.addrs().ingress).await;

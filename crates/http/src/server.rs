@@ -202,26 +202,30 @@ fn listener_tls(
 
 /// Whether the client opens with the HTTP/2 connection preface (h2c with prior knowledge),
 /// from its first bytes; `None` if it sends none within `wait`. A first read shorter than
-/// `PRI ` that could still be the preface waits for more.
+/// `PRI ` that could still be the preface waits a little for more ([`PREFACE_WAIT`]); a client
+/// that stops there (or half-closes: a peek cannot see the end of the stream behind unread
+/// bytes) is served as HTTP/1.1, whose parser then answers or closes.
 async fn sniff_h2(stream: &TcpStream, wait: Duration) -> Option<bool> {
     const PREFACE: &[u8] = b"PRI ";
-    let sniff = async {
+    let first = async {
         let mut buf = [0u8; 4];
-        loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
-                return Some(buf[..n] == PREFACE[..n] && n >= PREFACE.len());
-            }
-            // A partial preface: wait for the next segment without spinning on the same
-            // bytes (peek returns at once while they are unread).
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let n = stream.peek(&mut buf).await.ok()?;
+        (n > 0).then_some((buf, n))
     };
-    tokio::time::timeout(wait, sniff).await.ok().flatten()
+    let (mut buf, mut n) = tokio::time::timeout(wait, first).await.ok().flatten()?;
+    let mut waited = Duration::ZERO;
+    while n < PREFACE.len() && buf[..n] == PREFACE[..n] && waited < PREFACE_WAIT {
+        // peek returns at once while the bytes are unread: poll for the next segment.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += Duration::from_millis(1);
+        n = stream.peek(&mut buf).await.ok()?;
+    }
+    Some(n >= PREFACE.len() && buf[..] == PREFACE[..])
 }
+
+/// How long a connection whose first bytes could still be the start of the HTTP/2 preface
+/// waits for the rest before it is taken as HTTP/1.1. Default is 20 ms.
+const PREFACE_WAIT: Duration = Duration::from_millis(20);
 
 /// The first byte the client sends, waiting at most `wait`.
 async fn first_byte(stream: &TcpStream, wait: Duration) -> Option<u8> {

@@ -304,6 +304,37 @@ async fn a_head_with_no_line_end_is_cut_off_at_the_size_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_of_the_h2_preface_then_the_end_is_closed_promptly() {
+    // Found by the proxy_request fuzz target: "P" could begin the HTTP/2 preface, and a peek
+    // cannot see the end of the stream behind it.
+    let (proxy, _app) = proxy_with(|_| {}).await;
+    for partial in [&b"P"[..], b"PR", b"PRI"] {
+        let mut c = Raw::connect(proxy.addrs().ingress).await;
+        c.send(partial).await;
+        c.s.shutdown().await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(c.closed().await, "{partial:?} left open");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // A real preface still gets HTTP/2.
+    let tcp = TcpStream::connect(proxy.addrs().ingress).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .uri("http://client.local/h2")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    proxy.shutdown(GRACE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_closes_idle_keep_alive_connections_at_once() {
     let (proxy, _app) = proxy_with(|_| {}).await;
     let mut c = Raw::connect(proxy.addrs().ingress).await;

@@ -773,7 +773,12 @@ impl Exchange {
                     // is still on its way, so the connection closes after this response.
                     self.reuse &= complete;
                 }
-                Err(oneshot::error::TryRecvError::Closed) => self.reuse = false,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    // The body broke: nothing will come back (and a finished receiver must
+                    // not be polled again).
+                    self.back = None;
+                    self.reuse = false;
+                }
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
         }

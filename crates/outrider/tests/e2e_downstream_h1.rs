@@ -335,6 +335,39 @@ async fn a_start_of_the_h2_preface_then_the_end_is_closed_promptly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_upload_ends_the_connection_and_the_proxy_serves_on() {
+    // Found by the proxy_request fuzz target: the connection's task panicked when the body
+    // broke before the response was written. tokio contains a task's panic, so the test
+    // watches for one.
+    static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let (proxy, _app) = proxy_with(|_| {}).await;
+    for _ in 0..3 {
+        let mut c = Raw::connect(proxy.addrs().ingress).await;
+        c.send(
+            format!("PUT /x HTTP/1.1\r\n{HOST}transfer-encoding: chunked\r\n\r\nzz\r\n").as_bytes(),
+        )
+        .await;
+        c.s.shutdown().await.unwrap();
+        // An error answer or none, then the end.
+        while c.answer().await.is_some() {}
+        assert!(c.closed().await);
+    }
+    let mut c = Raw::connect(proxy.addrs().ingress).await;
+    c.send(&get("/after")).await;
+    assert_eq!(c.answer().await.unwrap().status, 200);
+    assert!(
+        !PANICKED.load(std::sync::atomic::Ordering::SeqCst),
+        "a task panicked"
+    );
+    proxy.shutdown(GRACE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_closes_idle_keep_alive_connections_at_once() {
     let (proxy, _app) = proxy_with(|_| {}).await;
     let mut c = Raw::connect(proxy.addrs().ingress).await;

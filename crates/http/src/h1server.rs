@@ -491,7 +491,10 @@ impl Timers {
         let Some(after) = self.idle_after else {
             return Poll::Pending;
         };
-        let due = since + after;
+        // A timeout too large to add is no timeout.
+        let Some(due) = since.checked_add(after) else {
+            return Poll::Pending;
+        };
         let timer = self
             .idle
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
@@ -505,6 +508,14 @@ impl Timers {
             timer.as_mut().reset(due);
         }
     }
+}
+
+/// `at + after`, or a deadline decades away when that does not fit (a configured timeout too
+/// large to add is no timeout, and must not panic).
+fn later(at: Instant, after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(after.min(FAR))
+        .unwrap_or_else(|| at + Duration::from_secs(3600))
 }
 
 /// Waits for and parses the next request head.
@@ -554,7 +565,7 @@ async fn next_head(
                 // Part of a head is in: the rest has the header-read timeout.
                 let by = timers
                     .first_head_by
-                    .unwrap_or_else(|| Instant::now() + timers.header_read);
+                    .unwrap_or_else(|| later(Instant::now(), timers.header_read));
                 let timer =
                     header_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(by)));
                 if timer.as_mut().poll(cx).is_ready() {
@@ -603,7 +614,7 @@ pub(crate) fn serve<S: SplitIo>(
         idle: None,
         idle_after: idle,
         header_read: opts.header_read_timeout,
-        first_head_by: Some(accepted + opts.header_read_timeout),
+        first_head_by: Some(later(accepted, opts.header_read_timeout)),
     };
     let drain = shutdown.clone().cancelled_owned();
     async move {

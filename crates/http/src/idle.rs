@@ -50,7 +50,11 @@ impl Activity {
     pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let due = last + idle;
+            // An idle timeout too large to add (the config takes any non-negative value) is
+            // no timeout.
+            let Some(due) = last.checked_add(idle) else {
+                return std::future::pending().await;
+            };
             if self.active.load(Ordering::Relaxed) > 0 {
                 tokio::time::sleep(idle).await;
                 continue;

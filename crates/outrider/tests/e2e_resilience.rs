@@ -279,6 +279,27 @@ async fn ingress_circuit_breaker_overflows_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_too_large_to_add_is_no_timeout() {
+    // The config takes any non-negative value; adding it to a clock reading must not panic.
+    let app = FaultServer::start("hugeidle").await.unwrap();
+    let spec = ingress_spec(
+        app.addr().port(),
+        "http",
+        ", timeout: {http: {idle: {unit: s, value: 9223372036854775807}}}",
+    );
+    let proxy = start(&spec).await;
+    for _ in 0..2 {
+        let mut c = H1::connect(proxy.addrs().ingress).await;
+        assert_eq!(c.get("app", "/").await.status, StatusCode::OK);
+        assert_eq!(c.get("app", "/").await.status, StatusCode::OK);
+        let mut c = H2::connect(proxy.addrs().ingress).await;
+        let r = c.send(common::h2_request("app", "/", &[])).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    proxy.shutdown(GRACE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_downstream_connection_is_closed() {
     let app = FaultServer::start("idleapp").await.unwrap();
     let spec = ingress_spec(

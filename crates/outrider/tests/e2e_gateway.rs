@@ -137,14 +137,12 @@ fn build(spec: &str) -> Result<outrider_config::Built, Vec<outrider_config::Prob
     outrider_config::build_from_str("gw.yaml", spec, &sel)
 }
 
-async fn start_gateway(spec: &str) -> RunningProxy {
+async fn start_gateway(spec: &str) -> Result<RunningProxy, outrider_app::StartError> {
     let built = match build(spec) {
         Ok(b) => b,
         Err(p) => panic!("spec refused: {p:?}\n{spec}"),
     };
-    outrider_app::start(ProxyOptions::local(Some(built.snapshot)))
-        .await
-        .unwrap()
+    outrider_app::start(ProxyOptions::local(Some(built.snapshot))).await
 }
 
 struct World {
@@ -160,11 +158,20 @@ async fn world() -> World {
     let red = TestServer::http("red");
     let blue = TestServer::http("blue");
     let grpc = TestServer::grpc("grpc");
-    let (hp, gp) = (free_port(), free_port());
-    let mut docs = mesh_docs(red.addr().port(), blue.addr().port(), grpc.addr().port());
-    docs.push(gateway(hp, gp));
-    docs.extend(gateway_routes());
-    let proxy = start_gateway(&stream(&docs)).await;
+    // A port free when asked can be taken (by another test's outgoing connection, say)
+    // before the gateway binds it: a few tries with fresh ports.
+    let mut tries = 0;
+    let (proxy, hp, gp) = loop {
+        let (hp, gp) = (free_port(), free_port());
+        let mut docs = mesh_docs(red.addr().port(), blue.addr().port(), grpc.addr().port());
+        docs.push(gateway(hp, gp));
+        docs.extend(gateway_routes());
+        match start_gateway(&stream(&docs)).await {
+            Ok(proxy) => break (proxy, hp, gp),
+            Err(outrider_app::StartError::Bind { .. }) if tries < 5 => tries += 1,
+            Err(e) => panic!("gateway did not start: {e}"),
+        }
+    };
     World {
         red,
         blue,

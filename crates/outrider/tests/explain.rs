@@ -532,12 +532,17 @@ fn cli_explains_a_gateway() {
 
 #[tokio::test]
 async fn admin_explain_on_a_gateway_proxy() {
-    let port = free_port();
-    let proxy = outrider_app::start(outrider_app::ProxyOptions::local(Some(gateway_snapshot(
-        port,
-    ))))
-    .await
-    .unwrap();
+    // A port free when asked can be taken before the gateway binds it: a few tries.
+    let mut tries = 0;
+    let (proxy, port) = loop {
+        let port = free_port();
+        let opts = outrider_app::ProxyOptions::local(Some(gateway_snapshot(port)));
+        match outrider_app::start(opts).await {
+            Ok(proxy) => break (proxy, port),
+            Err(outrider_app::StartError::Bind { .. }) if tries < 5 => tries += 1,
+            Err(e) => panic!("gateway did not start: {e}"),
+        }
+    };
     let admin = proxy.addrs().admin.unwrap();
     let mut c = H1::connect(admin).await;
     let reply = c

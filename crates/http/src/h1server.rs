@@ -657,7 +657,7 @@ pub(crate) fn serve<S: SplitIo>(
             let after = match sent {
                 Ok(()) => ex.finish(&mut side).await,
                 Err(err) => {
-                    tracing::debug!(error = ?DebugSend(&err), "response not sent whole: closing");
+                    tracing::debug!(error = ?err, "response not sent whole: closing");
                     After::Abort
                 }
             };
@@ -837,19 +837,6 @@ impl Exchange {
             After::Next
         } else {
             After::Close
-        }
-    }
-}
-
-/// Formats a send error without its body type.
-struct DebugSend<'a, E>(&'a crate::h1codec::SendError<E>);
-
-impl<E: std::fmt::Debug> std::fmt::Debug for DebugSend<'_, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            crate::h1codec::SendError::Io(e) => write!(f, "io: {e}"),
-            crate::h1codec::SendError::Body(e) => write!(f, "body: {e:?}"),
-            crate::h1codec::SendError::Protocol(r) => f.write_str(r),
         }
     }
 }

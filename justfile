@@ -51,3 +51,11 @@ deny:
 # Build every fuzz target once (stable check that they compile).
 fuzz-check:
     cd fuzz && cargo check
+
+# Re-profile which functions a running sidecar executes and relink them together at the front
+# of .text (crates/outrider/link/symbol-order.txt; needs valgrind, curl, h2load). See
+# docs/benchmarks.md, "Idle memory after start-up".
+layout:
+    cargo build --release -p outrider
+    python3 benches/layout/profile.py
+    cargo build --release -p outrider

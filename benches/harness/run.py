@@ -191,6 +191,20 @@ def build(smoke: bool) -> Path:
     return target / ("debug" if smoke else "release")
 
 
+def layout_coverage(binary: Path) -> str:
+    """How much of crates/outrider/link/symbol-order.txt the binary has: a stale list (some
+    names gone after code changes) spreads the hot code again and raises idle RSS."""
+    order = ROOT / "crates" / "outrider" / "link" / "symbol-order.txt"
+    try:
+        wanted = order.read_text().split()
+        nm = subprocess.run(["nm", "--defined-only", "-j", str(binary)], capture_output=True,
+                            text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "symbol order: unknown"
+    have = set(nm.split())
+    return f"symbol order: {sum(w in have for w in wanted)} of {len(wanted)} listed functions present"
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes
 
@@ -1058,7 +1072,8 @@ def report(runs: list[dict], targets: list[Target], meta: dict,
            overload: list[dict] | None = None, reload: dict | None = None) -> str:
     lines = [f"Run {meta['started']} — {meta['mode']}, {meta['reps']} rep(s), "
              f"{meta['duration_s']} s after a {WARM_UP_S} s warm-up run, h2load --h1 -c {CONNECTIONS}, "
-             f"outrider build: {meta['profile']}. Medians over reps, (min–max).", ""]
+             f"outrider build: {meta['profile']}, {meta['layout']}. Medians over reps, (min–max).",
+             ""]
     by = {}
     for r in runs:
         by.setdefault((r["rate"], r["target"]), []).append(r)
@@ -1333,6 +1348,7 @@ def main() -> int:
             "duration_s": duration, "rates": rates, "idle_conns": idle_conns,
             "runtime_s": round(time.monotonic() - t_begin, 1),
             "cpus": os.cpu_count(), "kernel": os.uname().release,
+            "layout": layout_coverage(bins / "outrider"),
         }
         meta["overload"] = bool(args.overload)
         meta["reload"] = do_reload

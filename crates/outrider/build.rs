@@ -7,7 +7,7 @@
 //! a stale list costs locality, never correctness.
 //!
 //! Applied to release builds for `x86_64-unknown-linux-gnu`, whose default linker is rust-lld,
-//! and only when no other linker is configured. `OUTRIDER_SYMBOL_ORDER=0` turns it off;
+//! and only when no other linker is configured (in the cargo config or in RUSTFLAGS). `OUTRIDER_SYMBOL_ORDER=0` turns it off;
 //! `OUTRIDER_SYMBOL_ORDER=1` forces it on another target whose linker is lld.
 
 use std::env;
@@ -16,6 +16,7 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-changed=link/symbol-order.txt");
     println!("cargo:rerun-if-env-changed=OUTRIDER_SYMBOL_ORDER");
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let forced = match env::var("OUTRIDER_SYMBOL_ORDER").as_deref() {
         Ok("0") => return,
         Ok("1") => true,
@@ -23,7 +24,12 @@ fn main() {
     };
     let target = env::var("TARGET").unwrap_or_default();
     let release = env::var("PROFILE").as_deref() == Ok("release");
-    let default_lld = target == "x86_64-unknown-linux-gnu" && env::var_os("RUSTC_LINKER").is_none();
+    // A linker chosen in the cargo config (RUSTC_LINKER) or in RUSTFLAGS (-C linker=...,
+    // linker-flavor, link-self-contained) may be one that does not know the option.
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let default_lld = target == "x86_64-unknown-linux-gnu"
+        && env::var_os("RUSTC_LINKER").is_none()
+        && !flags.contains("link");
     if !(forced || (release && default_lld)) {
         return;
     }

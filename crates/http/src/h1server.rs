@@ -26,6 +26,7 @@ use bytes::{Buf, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use outrider_tls::ServerStream;
+use outrider_transport::Gather;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -38,7 +39,7 @@ use crate::h1codec::{
     Decoder, FieldSpan, Framing, H1BodyError, READ_SIZE, Sender, chunked_last, connection_tokens,
     field_spans, parse_content_length, push_decimal, push_field,
 };
-use crate::headers::is_upgrade;
+use crate::headers::{FORWARDING_FIELDS, is_upgrade};
 use crate::proxy::ProxyService;
 use crate::server::{MAX_HEADER_BYTES, MAX_HEADERS, ServeOptions};
 
@@ -58,9 +59,11 @@ pub(crate) enum ReadIo {
     Tls(tokio::io::ReadHalf<ServerStream<TcpStream>>),
 }
 
-/// The write side of a downstream connection.
+/// The write side of a downstream connection. Plain TCP goes through [`Gather`]: a response
+/// head and a small body leave in one `send(2)` instead of a `writev(2)`, which costs about a
+/// microsecond more in the kernel per call.
 pub(crate) enum WriteIo {
-    Tcp(OwnedWriteHalf),
+    Tcp(Gather<OwnedWriteHalf>),
     Tls(tokio::io::WriteHalf<ServerStream<TcpStream>>),
 }
 
@@ -72,7 +75,7 @@ pub(crate) trait SplitIo {
 impl SplitIo for TcpStream {
     fn split_io(self) -> (ReadIo, WriteIo) {
         let (r, w) = self.into_split();
-        (ReadIo::Tcp(r), WriteIo::Tcp(w))
+        (ReadIo::Tcp(r), WriteIo::Tcp(Gather::new(w)))
     }
 }
 
@@ -376,7 +379,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, Refusal> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(count + FORWARDING_FIELDS);
     let mut content_length: Option<u64> = None;
     let mut has_te = false;
     let mut chunked = false;

@@ -13,6 +13,12 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// `x-forwarded-proto`: set to the downstream scheme when absent.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// How many fields [`add_forwarding`] may add to a request (`x-forwarded-for`,
+/// `x-forwarded-proto`, `x-request-id`). A parser that builds a request's header map sizes it
+/// with this much room, so adding them does not grow (rehash and reallocate) the map: without
+/// it, a request with two fields grew twice.
+pub const FORWARDING_FIELDS: usize = 3;
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

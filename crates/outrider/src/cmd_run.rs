@@ -274,11 +274,13 @@ pub fn run(args: RunArgs) -> ExitCode {
     // One worker means one thread: a current-thread runtime has no work-stealing queues and
     // no cross-thread wake-ups, which is cheaper per request and per idle wake-up.
     let built = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
+        // The worker is this thread, which runs the runtime until the process exits.
+        outrider_alloc::enable_thread_cache();
+        crate::cache_on_runtime_threads(&mut tokio::runtime::Builder::new_current_thread())
             .enable_all()
             .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        crate::cache_on_runtime_threads(&mut tokio::runtime::Builder::new_multi_thread())
             .worker_threads(workers)
             .enable_all()
             .build()

@@ -45,7 +45,7 @@ pub fn run(args: UpstreamArgs) -> ExitCode {
         eprintln!("outrider upstream: {e}");
         return ExitCode::from(1);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = match crate::cache_on_runtime_threads(&mut tokio::runtime::Builder::new_multi_thread())
         .worker_threads(args.workers.max(1))
         .enable_all()
         .build()

@@ -274,8 +274,6 @@ pub fn run(args: RunArgs) -> ExitCode {
     // One worker means one thread: a current-thread runtime has no work-stealing queues and
     // no cross-thread wake-ups, which is cheaper per request and per idle wake-up.
     let built = if workers == 1 {
-        // The worker is this thread, which runs the runtime until the process exits.
-        outrider_alloc::enable_thread_cache();
         crate::cache_on_runtime_threads(&mut tokio::runtime::Builder::new_current_thread())
             .enable_all()
             .build()
@@ -292,7 +290,8 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(serve(opts))
+    // With one worker, the worker is this thread (it runs `serve`).
+    runtime.block_on(serve(opts, workers == 1))
 }
 
 /// Re-exported names, so this file does not depend on the balance crate directly.
@@ -302,7 +301,9 @@ mod outrider_balance_algorithm {
     pub const ROUND_ROBIN: Algorithm = Algorithm::RoundRobin;
 }
 
-async fn serve(opts: ProxyOptions) -> ExitCode {
+/// Runs the proxy until it is told to stop. `worker_is_this_thread`: the runtime is a
+/// current-thread one, so this thread serves requests and should cache freed heap blocks.
+async fn serve(opts: ProxyOptions, worker_is_this_thread: bool) -> ExitCode {
     let drain_wait = opts.drain_wait;
     // Handlers first: SIGHUP's default action would kill the process while it starts.
     let (mut term, mut hup) = match (
@@ -324,6 +325,11 @@ async fn serve(opts: ProxyOptions) -> ExitCode {
     };
     // Start-up is over: the heap its parsers and compilers used goes back to the kernel.
     outrider_app::release_startup_memory();
+    if worker_is_this_thread {
+        // Only from now on: blocks that start-up freed would otherwise stay cached (up to
+        // 256 KiB), out of reach of the trim above.
+        outrider_alloc::enable_thread_cache();
+    }
     // And what a burst of connections needed, once they have closed.
     outrider_app::spawn_heap_trimmer();
     let addrs = proxy.addrs();

@@ -20,6 +20,8 @@
 //!   are held; past that a freed block goes back to `malloc`. [`flush_thread_cache`] returns them
 //!   all (a worker calls it when it stops).
 //! - Any block may be freed on any thread: every block is an ordinary `malloc` block.
+//! - The bins themselves (513 list heads and counts, 8 KiB) are static thread-local storage,
+//!   present on every thread, caching or not; glibc carves it out of each thread's stack.
 
 #![cfg_attr(not(unix), allow(dead_code))]
 

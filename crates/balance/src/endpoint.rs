@@ -164,6 +164,12 @@ impl InFlight {
     pub fn finish(self, rtt: Duration) {
         self.endpoint.record_at(rtt, now_ns());
     }
+
+    /// [`InFlight::finish`] with the caller's own reading of the clock at the end of the
+    /// request (`at`), so a caller that already read it for its own stats reads it once.
+    pub fn finish_at(self, rtt: Duration, at: Instant) {
+        self.endpoint.record_at(rtt, ns_at(at));
+    }
 }
 
 impl Drop for InFlight {
@@ -185,8 +191,13 @@ fn duration_ns(d: Duration) -> u64 {
 
 /// Nanoseconds on a process-wide monotonic clock; fits one atomic word (584 years).
 pub(crate) fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `at` in nanoseconds on [`now_ns`]'s clock (0 for an instant before the clock's epoch).
+fn ns_at(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    duration_ns(EPOCH.get_or_init(Instant::now).elapsed())
+    duration_ns(at.saturating_duration_since(*EPOCH.get_or_init(Instant::now)))
 }
 
 #[cfg(test)]

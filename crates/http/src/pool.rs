@@ -148,10 +148,10 @@ impl EndpointPool {
         });
     }
 
-    /// The most recently used idle connection that is still open and not expired.
-    fn take_idle(&self) -> Option<H1Conn> {
+    /// The most recently used idle connection that is still open and not expired at `now`
+    /// (the caller's clock read).
+    fn take_idle(&self, now: Instant) -> Option<H1Conn> {
         let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
         while let Some(mut c) = idle.pop() {
             if now.duration_since(c.since) < POOL_IDLE_TIMEOUT && c.conn.is_reusable() {
                 return Some(c.conn);
@@ -165,12 +165,14 @@ impl EndpointPool {
     /// body is read to the end.
     ///
     /// HTTP/2 takes the request out of `req`; HTTP/1.1 leaves its head there (and a body that
-    /// does not stream), so the caller can send it again.
+    /// does not stream), so the caller can send it again. `now` is the caller's reading of the
+    /// clock, against which idle connections are aged.
     pub(crate) fn send(
         self: &Arc<Self>,
         h2: bool,
         req: &mut Request<ReqBody>,
         connect_timeout: Duration,
+        now: Instant,
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, bool), SendError>> {
         use futures_util::TryFutureExt as _;
         use futures_util::future::Either;
@@ -183,7 +185,7 @@ impl EndpointPool {
                     .map_ok(|r| (r.map(UpstreamBody::H2), false)),
             )
         } else {
-            Either::Right(self.send_h1(req, connect_timeout))
+            Either::Right(self.send_h1(req, connect_timeout, now))
         }
     }
 
@@ -195,11 +197,12 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: &mut Request<ReqBody>,
         connect_timeout: Duration,
+        now: Instant,
     ) -> impl Future<Output = Result<(Response<UpstreamBody>, bool), SendError>> {
         async move {
             // Dialing is the rare path and its future (connect, TLS) is large: boxed so that
             // every request reusing a pooled connection does not carry it.
-            let (mut conn, mut dialed) = match self.take_idle() {
+            let (mut conn, mut dialed) = match self.take_idle(now) {
                 Some(conn) => (conn, false),
                 None => (Box::pin(self.dial_h1(connect_timeout)).await?, true),
             };
@@ -484,7 +487,7 @@ mod tests {
             SharedOrigination::default(),
         ));
         let (resp, _) = pool
-            .send(false, &mut get(), Duration::from_secs(2))
+            .send(false, &mut get(), Duration::from_secs(2), Instant::now())
             .await
             .unwrap();
         resp.into_body().collect().await.unwrap();
@@ -512,7 +515,7 @@ mod tests {
         ));
         for expect_dialed in [true, false, false] {
             let (resp, dialed) = pool
-                .send(false, &mut get(), Duration::from_secs(2))
+                .send(false, &mut get(), Duration::from_secs(2), Instant::now())
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);

@@ -136,15 +136,31 @@ impl ProxyService {
         let active = self.activity.as_ref().map(|a| a.begin());
         async move {
             let _active = active;
-            // The one clock read of the request's start, shared by the stats and the access log.
-            let start = Instant::now();
+            // The one clock read of the request's start, shared by the stats, the access log
+            // and the request's deadlines. The tokio clock, so deadlines follow paused time in
+            // tests; outside tests it is the monotonic clock itself.
+            let start = tokio::time::Instant::now();
             ctx.stats.rq_total.increment(1);
+            // The common case (no trace, no access log) awaits `handle_inner` directly: every
+            // level of async nesting is one more copy of the inner future when it starts.
             let resp = match &ctx.tracer {
-                None => handle_logged(&ctx, conn, req, None, start).await,
+                None => {
+                    let runtime = ctx.runtime.load_full();
+                    match runtime.access_log().cloned() {
+                        None => handle_inner(&ctx, conn, &runtime, req, None, None, start).await,
+                        // The access-log state is large: boxed so requests without a log do
+                        // not carry it.
+                        Some(log) => {
+                            Box::pin(handle_with_log(&ctx, conn, &runtime, req, None, log, start))
+                                .await
+                        }
+                    }
+                }
                 // Rare and large: boxed so the common request future stays small.
                 Some(tracer) => Box::pin(handle_traced(&ctx, tracer, conn, req, start)).await,
             };
-            ctx.stats.record_response(resp.status().as_u16(), start);
+            ctx.stats
+                .record_response(resp.status().as_u16(), start.into_std());
             resp
         }
     }
@@ -228,7 +244,7 @@ async fn handle_traced(
     tracer: &Arc<Tracer>,
     conn: ConnInfo,
     req: Request<DownBody>,
-    start: Instant,
+    start: tokio::time::Instant,
 ) -> Response<RespBody> {
     let request = tracer.begin(req.headers());
     let record = request.sampled && tracer.exporting();
@@ -308,12 +324,12 @@ fn handle_logged(
     conn: ConnInfo,
     req: Request<DownBody>,
     traced: Option<&mut Traced>,
-    start: Instant,
+    start: tokio::time::Instant,
 ) -> impl Future<Output = Response<RespBody>> {
     async move {
         let runtime = ctx.runtime.load_full();
         match runtime.access_log().cloned() {
-            None => handle_inner(ctx, conn, &runtime, req, None, traced).await,
+            None => handle_inner(ctx, conn, &runtime, req, None, traced, start).await,
             // The access-log state is large: boxed so requests without a log do not carry it.
             Some(log) => {
                 Box::pin(handle_with_log(
@@ -332,7 +348,7 @@ async fn handle_with_log(
     req: Request<DownBody>,
     traced: Option<&mut Traced>,
     log: Arc<crate::access::AccessLog>,
-    start: Instant,
+    start: tokio::time::Instant,
 ) -> Response<RespBody> {
     let start_wall = std::time::SystemTime::now();
     let method = req.method().clone();
@@ -341,7 +357,7 @@ async fn handle_with_log(
     let authority = request_authority(&req).map(|a| a.as_str().to_string());
     let bytes_received = req.body().size_hint().exact().unwrap_or(0);
     let mut trail = Trail::default();
-    let mut resp = handle_inner(ctx, conn, runtime, req, Some(&mut trail), traced).await;
+    let mut resp = handle_inner(ctx, conn, runtime, req, Some(&mut trail), traced, start).await;
     let local = resp
         .extensions()
         .get::<LocalReason>()
@@ -356,7 +372,7 @@ async fn handle_with_log(
     let pending = crate::access::Pending {
         log,
         start_wall,
-        start,
+        start: start.into_std(),
         method,
         uri,
         authority,
@@ -389,6 +405,7 @@ fn handle_inner(
     mut req: Request<DownBody>,
     mut trail: Option<&mut Trail>,
     mut traced: Option<&mut Traced>,
+    start: tokio::time::Instant,
 ) -> impl Future<Output = Response<RespBody>> {
     async move {
         let grpc = is_grpc(req.headers());
@@ -471,18 +488,31 @@ fn handle_inner(
             (template, body)
         };
         let retries_possible = plan.retry.max_retries > 0 && !upgrade;
-        let body = match prepare_body(body, retries_possible) {
-            Prepared::Ready(b) => b,
+        // The request's start is "now" for the upstream side too (the route lookup since is
+        // a few microseconds), unless the body was waited for: then the clock is read again.
+        let (body, clock) = match prepare_body(body, retries_possible) {
+            Prepared::Ready(b) => (b, Some(start)),
             // Buffering for replay waits on the client: boxed, off the common bodiless path.
             Prepared::Buffer(body) => match Box::pin(buffer_body(body)).await {
-                Ok(b) => b,
+                Ok(b) => (b, None),
                 Err(reason) => return local_reply(reason, grpc),
             },
         };
 
         let mut skipped = false;
         let mut host = None;
-        let forwarded = forward(&plan, template, body, &mut skipped, &mut host).await;
+        // Boxed: the attempt's future is most of a request's state, and a box keeps this
+        // future (and the ones around it, each moved whole into its parent when it starts)
+        // small; starting it costs one copy into the box instead of one per level.
+        let forwarded = Box::pin(forward(
+            &plan,
+            template,
+            body,
+            clock,
+            &mut skipped,
+            &mut host,
+        ))
+        .await;
         if let Some(t) = trail {
             t.upstream_host = host;
         }
@@ -846,7 +876,8 @@ enum Attempt {
 type Forwarded = (Response<UpstreamBody>, Option<Permit>);
 
 /// Sends the request with retries. Sets `skipped` when a retry was due but the body could not
-/// be replayed.
+/// be replayed. `clock` is the caller's reading of the tokio clock when it has just taken one
+/// (the deadlines and the first attempt count from it); None reads it here.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async block does not keep a second copy of its arguments in the future"
@@ -855,12 +886,14 @@ fn forward(
     plan: &Plan,
     mut template: Template,
     body: ReqBody,
+    clock: Option<tokio::time::Instant>,
     skipped: &mut bool,
     last_addr: &mut Option<SocketAddr>,
 ) -> impl Future<Output = Result<Forwarded, LocalReason>> {
     async move {
-        // The tokio clock (not `start`) so deadlines follow paused time in tests.
-        let started = tokio::time::Instant::now();
+        // "Now" on the tokio clock (so deadlines follow paused time in tests): the caller's
+        // reading when it has a fresh one.
+        let started = clock.unwrap_or_else(tokio::time::Instant::now);
         let mut deadline = plan.timeouts.per_request.map(|t| started + t);
         // A gRPC client's own deadline caps the route's.
         if template.grpc
@@ -1083,9 +1116,11 @@ fn one_attempt(
             (None, d) => d,
         };
         upstream.stats.rq_total.increment(1);
-        // The upstream time (stats, balancer latency) starts here, not at the downstream request.
-        let started = Instant::now();
-        let send = pool.send(plan.h2, &mut req, upstream.connect_timeout());
+        // The upstream time (stats, balancer latency) starts at this attempt's clock read: for
+        // a first attempt usually the request's start, earlier by the route lookup only (a
+        // few microseconds), which saves a clock read per request.
+        let started = now.into_std();
+        let send = pool.send(plan.h2, &mut req, upstream.connect_timeout(), started);
         let result = match try_deadline {
             Some(d) => timeout_at(d, send).await.ok(),
             None => Some(send.await),
@@ -1115,7 +1150,9 @@ fn one_attempt(
                 if let Some((t, child, start, host)) = span {
                     client_span(template, plan.h2, t, child, (start, host), addr, Ok(status));
                 }
-                let elapsed = started.elapsed();
+                // One clock read for both the stats and the balancer's latency sample.
+                let end = Instant::now();
+                let elapsed = end.saturating_duration_since(started);
                 upstream.stats.record_response_elapsed(status, elapsed);
                 if let Some(g) = guard {
                     if status >= 500 {
@@ -1125,7 +1162,7 @@ fn one_attempt(
                     // shun the endpoint for as long as the sample takes to decay, for a cost
                     // paid once per connection.
                     if !dialed {
-                        g.finish(elapsed);
+                        g.finish_at(elapsed, end);
                     }
                 }
                 Attempt::Response(resp)
